@@ -1,0 +1,99 @@
+"""Saving and loading boltzformer checkpoints.
+
+A checkpoint is a ``torch.save`` dict that holds, besides the weights, a ``"boltzformer"`` entry
+with the format version and the :class:`~boltzformer.config.ModelConfig` that rebuilds the model.
+Lightning's ``last.ckpt`` files from ``boltzformer train`` carry it too (weights under
+``state_dict`` with a ``model.`` prefix). Loading uses ``weights_only=True`` and strict key
+checking: a file that is not one of ours, or does not fit, is a :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boltzformer.config import ModelConfig, config_from_dict, config_to_dict
+from boltzformer.model import BoltzFormer, build_model
+
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "checkpoint_metadata", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_KEY = "boltzformer"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit."""
+
+
+def checkpoint_metadata(model: BoltzFormer) -> dict[str, Any]:
+    if model.config is None:
+        raise ValueError("the model has no config; build it with boltzformer.build_model")
+    return {"format": FORMAT_VERSION, "model_config": config_to_dict(model.config)}
+
+
+def save_checkpoint(model: BoltzFormer, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write the model's weights and config to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {_KEY: checkpoint_metadata(model), "state_dict": model.state_dict(), **extra}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; expected a .ckpt or .pt file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for corrupt or foreign files
+        raise CheckpointError(f"checkpoint {path} could not be read as a torch file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(data, dict) or _KEY not in data:
+        kind = type(data).__name__
+        keys = sorted(data)[:5] if isinstance(data, dict) else []
+        raise CheckpointError(
+            f"checkpoint {path} is not a boltzformer checkpoint: expected a dict with a '{_KEY}' entry, "
+            f"found a {kind}" + (f" with keys {keys}" if keys else "")
+        )
+    return data
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", **overrides: Any) -> BoltzFormer:
+    """Rebuild the model saved in ``path`` and load its weights strictly.
+
+    ``overrides`` change settings that do not affect the weights (e.g. ``attention="full"``).
+    """
+    path = Path(path)
+    data = _read(path)
+    meta = data[_KEY]
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')}, this version reads {FORMAT_VERSION}")
+    try:
+        cfg = config_from_dict(ModelConfig, meta["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
+    model = build_model(cfg, **overrides)
+    state = data["state_dict"]
+    if any(k.startswith("model.") for k in state):  # a Lightning checkpoint
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"checkpoint {path} does not fit its own config: {str(exc).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit its own config: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+        )
+    return model.to(map_location).eval()

@@ -1,0 +1,236 @@
+"""Command line: ``boltzformer train | evaluate | predict | demo``.
+
+Every command checks its inputs first; a bad input is one line on stderr naming the file or
+argument, exit code 2, and nothing half-written (outputs go to a temporary name, then are renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+DEMO_STEPS = 700
+
+
+def _parse_value(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--max-steps", type=int, default=None, help="training steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the run (weights, sampling, data order)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data and of folder splits")
+    p.add_argument("--image-size", type=int, default=None, help="model input side (multiple of 32)")
+    p.add_argument("--attention", default=None, help="boltzmann | full | masked | uniform")
+    p.add_argument("--devices", type=int, default=1, help="processes (DDP when > 1)")
+    p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    p.add_argument("--precision", default="32", choices=["32", "bf16"])
+    p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--val-every", type=int, default=None, help="validate every N steps")
+    p.add_argument("--no-deep-supervision", action="store_true", help="loss on the final prediction only")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting, e.g. --set num_layers=9")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boltzformer", description="Text-promptable segmentation of small objects (BoltzFormer).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model")
+    p.add_argument("--data", required=True, help="'synthetic' or dataset folder(s), comma-separated")
+    p.add_argument("--out", required=True, help="run folder: last.ckpt, best.ckpt, config.json, logs/")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
+    _add_train_args(p)
+
+    p = sub.add_parser("evaluate", help="Dice by target size on a data split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="'synthetic' or dataset folder(s), comma-separated")
+    p.add_argument("--out", required=True, help="report .json (a .md table is written beside it)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled attention")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+
+    p = sub.add_parser("predict", help="segment what a prompt names in an image")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--image", required=True, help="PNG, JPEG or TIFF image")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="mask PNG (0/255); an overlay is written beside it")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("demo", help="train tiny on the synthetic benchmark, evaluate, show predictions")
+    p.add_argument("--out", default="boltzformer-demo")
+    p.add_argument("--max-steps", type=int, default=DEMO_STEPS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-test", type=int, default=None, help="test images (default: the benchmark's 192)")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _train_configs(args: argparse.Namespace):
+    from boltzformer.config import TrainConfig, get_preset
+
+    overrides = _overrides(args.set)
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if args.attention is not None:
+        overrides["attention"] = args.attention
+    model_cfg = get_preset(args.preset, **overrides)
+    tc = TrainConfig(seed=args.seed, devices=args.devices, accelerator=args.accelerator, precision=args.precision,
+                     num_workers=args.num_workers)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+        tc.max_steps = args.max_steps
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        tc.batch_size = args.batch_size
+    if args.lr is not None:
+        tc.lr = args.lr
+    if args.val_every is not None:
+        tc.val_every = args.val_every
+    tc.deep_supervision = not args.no_deep_supervision
+    tc.warmup_steps = min(tc.warmup_steps, max(1, tc.max_steps // 10))
+    return model_cfg, tc
+
+
+def _check_data_arg(data: str) -> None:
+    from boltzformer.data.loading import SYNTHETIC
+
+    for p in data.split(","):
+        if p and p != SYNTHETIC and not Path(p).is_dir():
+            raise FileNotFoundError(f"--data {p}: no such dataset folder (expected 'synthetic' or a folder with meta.json)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from boltzformer.train.runner import TrainJob, run_training
+
+    _check_data_arg(args.data)
+    model_cfg, tc = _train_configs(args)
+    last = run_training(
+        TrainJob(model=model_cfg, train=tc, data=args.data, out=Path(args.out), data_seed=args.data_seed,
+                 resume=args.resume, progress=not args.quiet)
+    )
+    print(f"checkpoint: {last}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from boltzformer.checkpoint import load_checkpoint
+    from boltzformer.data.loading import open_dataset
+    from boltzformer.evaluate import evaluate_model, report_to_markdown, write_report
+
+    if not str(args.out).endswith(".json"):
+        raise ValueError(f"--out must be a .json file, got {args.out}")
+    _check_data_arg(args.data)
+    model = load_checkpoint(args.checkpoint)
+    dataset = open_dataset(args.data, args.split, seed=args.data_seed, synthetic_size=model.config.image_size)
+    report = evaluate_model(model, dataset, batch_size=args.batch_size, seed=args.seed, limit=args.limit, progress=True)
+    report["checkpoint"] = str(args.checkpoint)
+    report["data"] = args.data
+    report["split"] = args.split
+    title = f"{args.data} ({args.split})"
+    write_report(report, args.out, title=title)
+    print(report_to_markdown(report, title=title))
+    return 0
+
+
+def _save_png_atomic(images: dict[Path, Any]) -> None:
+    """Write PIL images to their paths: all to temporary names first, then rename them all."""
+    temps = []
+    try:
+        for path, img in images.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            temps.append((tmp, path))
+            img.save(tmp, format="PNG")
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from boltzformer.checkpoint import load_checkpoint
+    from boltzformer.data.io import read_image
+    from boltzformer.model.text import check_prompts
+    from boltzformer.predict import Predictor
+    from boltzformer.visualize import overlay
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file, got {args.out}")
+    check_prompts([args.prompt], name="--prompt")
+    image = read_image(args.image)
+    predictor = Predictor(load_checkpoint(args.checkpoint), threshold=args.threshold, seed=args.seed)
+    t0 = time.perf_counter()
+    prob = predictor.predict_proba(image, args.prompt)
+    mask = prob > args.threshold
+    elapsed = time.perf_counter() - t0
+    overlay_path = out.with_name(out.stem + "_overlay.png")
+    _save_png_atomic(
+        {out: Image.fromarray((mask * 255).astype(np.uint8)), overlay_path: overlay(image, mask, label=args.prompt)}
+    )
+    area = float(mask.mean())
+    print(f"{out}: {int(mask.sum())} pixels ({100 * area:.3f}% of the image), max probability {float(prob.max()):.3f}, {elapsed:.2f} s")
+    print(f"overlay: {overlay_path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from boltzformer.demo import run_demo
+
+    run_demo(Path(args.out), max_steps=args.max_steps, seed=args.seed, n_test=args.n_test, progress=not args.quiet)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as exc:
+        print(f"boltzformer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

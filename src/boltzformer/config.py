@@ -1,0 +1,214 @@
+"""Typed configurations and named presets.
+
+A :class:`ModelConfig` fully describes a model; :func:`get_preset` returns a named one with
+overrides applied. Overrides name a field either by its dotted path (``"decoder.num_layers"``) or,
+when the name is unique across the sub-configs, by the field alone (``num_layers=3``,
+``attention="full"``).
+
+Presets:
+- ``tiny``: a small model for the built-in synthetic benchmark and laptop CPUs (256 x 256 input).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from boltzformer.sampling import ATTENTION_MODES
+
+__all__ = [
+    "BackboneConfig",
+    "PixelDecoderConfig",
+    "TextConfig",
+    "DecoderConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "PRESETS",
+    "get_preset",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+]
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "tiny"  # image encoder: "tiny" (the paper-size encoders are separate presets)
+    channels: tuple[int, ...] = (32, 64, 128, 192)  # res2..res5 channels
+    depths: tuple[int, ...] = (1, 1, 2, 1)  # blocks per stage
+
+
+@dataclass
+class PixelDecoderConfig:
+    conv_dim: int = 64  # FPN / multi-scale channels
+    mask_dim: int = 64  # mask feature channels
+    encoder_layers: int = 1  # transformer encoder layers on the stride-32 map
+    encoder_heads: int = 4
+    encoder_ffn_dim: int = 256
+    norm_groups: int = 32  # GroupNorm groups
+
+
+@dataclass
+class TextConfig:
+    vocab_size: int = 8192  # hash-tokenizer buckets
+    context_length: int = 32  # max tokens, start and end tokens included
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+
+
+@dataclass
+class DecoderConfig:
+    hidden_dim: int = 64
+    num_heads: int = 4
+    ffn_dim: int = 256
+    num_layers: int = 6  # decoder layers L, cycling over strides 32, 16, 8
+    num_queries: int = 10  # latent queries m (the paper: 10 is enough)
+    pre_self_attention: bool = True  # text-conditioned prior
+    attention: str = "boltzmann"  # boltzmann | full | masked | uniform
+    sample_ratio: float = 0.1  # draws per query and head, as a fraction of the level's tokens
+    base_temperature: float = 1.0  # tau0; layer l uses tau0 / (1 + l)
+    threshold: float | None = None  # always-attend tokens with sigmoid >= threshold (None: none)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    image_size: int = 256  # training / inference input side; any multiple of 32 runs
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    pigma: bool = True  # PiGMA upsampler (else: mean of the query masks at stride 4)
+    pigma_channels: int = 10
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> "ModelConfig":
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        if self.decoder.attention not in ATTENTION_MODES:
+            raise ValueError(
+                f"decoder.attention must be one of {ATTENTION_MODES}, got {self.decoder.attention!r}"
+                + _did_you_mean(self.decoder.attention, ATTENTION_MODES)
+            )
+        if not 0 < self.decoder.sample_ratio <= 1:
+            raise ValueError(f"decoder.sample_ratio must be in (0, 1], got {self.decoder.sample_ratio}")
+        if self.decoder.base_temperature <= 0:
+            raise ValueError(f"decoder.base_temperature must be > 0, got {self.decoder.base_temperature}")
+        if self.decoder.hidden_dim % self.decoder.num_heads:
+            raise ValueError(
+                f"decoder.hidden_dim ({self.decoder.hidden_dim}) must be divisible by decoder.num_heads "
+                f"({self.decoder.num_heads})"
+            )
+        for name in ("num_layers", "num_queries"):
+            if getattr(self.decoder, name) < 1:
+                raise ValueError(f"decoder.{name} must be >= 1, got {getattr(self.decoder, name)}")
+        return self
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3  # AdamW, cosine decay after a linear warm-up
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    deep_supervision: bool = True  # loss on every layer's query-mean prediction too
+    aux_weight: float = 0.5  # weight of each earlier prediction's loss
+    precision: str = "32"  # "32" or "bf16"
+    devices: int = 1
+    accelerator: str = "auto"
+    num_workers: int = 0
+    val_every: int = 250  # validation every this many steps
+    seed: int = 0
+
+
+def _tiny() -> ModelConfig:
+    return ModelConfig(preset="tiny")
+
+
+PRESETS = {"tiny": _tiny}
+
+
+def _did_you_mean(value: str, options) -> str:
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _leaf_paths(cfg: Any, prefix: str = "") -> dict[str, str]:
+    """Every leaf field as {dotted path: path}."""
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        path = prefix + f.name
+        if is_dataclass(value):
+            out.update(_leaf_paths(value, path + "."))
+        else:
+            out[path] = path
+    return out
+
+
+def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
+    """A copy of ``cfg`` with ``overrides`` applied (dotted paths or unique field names)."""
+    cfg = config_from_dict(type(cfg), config_to_dict(cfg))  # a deep copy
+    paths = _leaf_paths(cfg)
+    by_name: dict[str, list[str]] = {}
+    for p in paths:
+        by_name.setdefault(p.rsplit(".", 1)[-1], []).append(p)
+    for key, value in overrides.items():
+        if key in paths:
+            path = key
+        elif key in by_name and len(by_name[key]) == 1:
+            path = by_name[key][0]
+        elif key in by_name:
+            raise ValueError(f"override {key!r} is ambiguous: use one of {sorted(by_name[key])}")
+        else:
+            raise ValueError(
+                f"unknown model setting {key!r}" + _did_you_mean(key, list(paths) + list(by_name))
+            )
+        *parents, leaf = path.split(".")
+        target = cfg
+        for p in parents:
+            target = getattr(target, p)
+        current = getattr(target, leaf)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        setattr(target, leaf, value)
+    return cfg.validate()
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset's :class:`ModelConfig` with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}" + _did_you_mean(name, PRESETS))
+    return apply_overrides(PRESETS[name](), overrides)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from :func:`config_to_dict`'s output; unknown keys raise."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    defaults = cls()
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        if is_dataclass(default):
+            value = config_from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

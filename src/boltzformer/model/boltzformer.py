@@ -1,0 +1,233 @@
+"""BoltzFormer: image encoder -> pixel decoder -> Boltzmann decoder -> PiGMA, text encoder beside.
+
+``model(images, prompts)`` takes a float tensor (B, 3, H, W) with values 0-255 (H and W multiples
+of 32) and B prompts, and returns :class:`BoltzFormerOutput` (mask logits at H/2 x W/2).
+:func:`build_model` builds one from a preset name or a :class:`~boltzformer.config.ModelConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from boltzformer.config import ModelConfig, get_preset
+from boltzformer.model.backbones import TinyBackbone
+from boltzformer.model.decoder import BoltzmannDecoder, LayerSampling
+from boltzformer.model.pigma import PiGMA
+from boltzformer.model.pixel_decoder import PixelDecoder
+from boltzformer.model.text import BuiltinTextEncoder, TextEncoder, check_prompts
+from boltzformer.sampling import BoltzmannSampler
+
+__all__ = ["BoltzFormer", "BoltzFormerOutput", "ImageFeatures", "build_model"]
+
+
+@dataclass
+class ImageFeatures:
+    """The prompt-independent part of a forward pass, reusable across prompts.
+
+    ``image``: (B, 3, H, W) normalised; ``mask_features``: (B, mask_dim, H/4, W/4);
+    ``multi_scale``: 3 maps at strides 32, 16, 8."""
+
+    image: Tensor
+    mask_features: Tensor
+    multi_scale: list[Tensor]
+
+    def repeat(self, times: int) -> "ImageFeatures":
+        """Each image repeated ``times`` times (B -> B * times, image-major), for many prompts."""
+        rep = lambda t: t.repeat_interleave(times, dim=0)  # noqa: E731
+        return ImageFeatures(rep(self.image), rep(self.mask_features), [rep(m) for m in self.multi_scale])
+
+
+@dataclass
+class BoltzFormerOutput:
+    """Outputs of :class:`BoltzFormer` (all logits: apply a sigmoid for probabilities).
+
+    ``logits``: (B, 1, H/2, W/2) the final mask (PiGMA), or (B, 1, H/4, W/4) without PiGMA.
+    ``query_logits``: (B, Q, H/4, W/4) every query's mask after the last layer.
+    ``aux_logits``: query-mean logits (B, 1, H/4, W/4) of the prior and layers 0..L-2 (deep
+    supervision); empty unless ``return_aux``.
+    ``sampling``: per layer, the attended tokens and distributions; empty unless ``return_sampling``.
+    """
+
+    logits: Tensor
+    query_logits: Tensor
+    aux_logits: list[Tensor] = field(default_factory=list)
+    sampling: list[LayerSampling] = field(default_factory=list)
+
+
+class BoltzFormer(nn.Module):
+    """The full model. Build it with :func:`build_model`.
+
+    Args:
+        backbone: image (B, 3, H, W) -> {"res2".."res5"}; has ``out_channels``.
+        pixel_decoder: multi-scale maps and mask features.
+        text_encoder: prompts -> token features of width ``decoder.hidden_dim``.
+        decoder: the Boltzmann decoder.
+        pigma: PiGMA upsampler, or None for the mean of the query masks.
+        pixel_mean, pixel_std: RGB normalisation of 0-255 inputs.
+        config: the :class:`ModelConfig` it was built from (saved with checkpoints).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        pixel_decoder: PixelDecoder,
+        text_encoder: TextEncoder,
+        decoder: BoltzmannDecoder,
+        pigma: PiGMA | None,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        config: ModelConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.pigma = pigma
+        self.config = config
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def encode_image(self, images: Tensor) -> ImageFeatures:
+        """Backbone and pixel decoder on images (B, 3, H, W), values 0-255."""
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a float tensor (B, 3, H, W) with values 0-255, got {shape}")
+        H, W = images.shape[-2:]
+        if H % 32 or W % 32:
+            raise ValueError(f"image height and width must be multiples of 32, got {H}x{W}")
+        if not images.is_floating_point():
+            images = images.float()
+        image = (images - self.pixel_mean) / self.pixel_std
+        pix = self.pixel_decoder(self.backbone(image))
+        return ImageFeatures(image=image, mask_features=pix.mask_features, multi_scale=pix.multi_scale)
+
+    def decode(
+        self,
+        features: ImageFeatures,
+        prompts: Sequence[str],
+        *,
+        generator: torch.Generator | None = None,
+        return_aux: bool = False,
+        return_sampling: bool = False,
+    ) -> BoltzFormerOutput:
+        """Text encoder, decoder and PiGMA on encoded images, one prompt per image."""
+        prompts = check_prompts(prompts)
+        B = features.image.shape[0]
+        if len(prompts) != B:
+            raise ValueError(f"got {B} images but {len(prompts)} prompts: give one prompt per image")
+        text = self.text_encoder(prompts, features.image.device)
+        out = self.decoder(
+            features.multi_scale,
+            features.mask_features,
+            text,
+            generator=generator,
+            return_aux=return_aux,
+            return_sampling=return_sampling,
+        )
+        if self.pigma is not None:
+            logits = self.pigma(out.query_logits, features.image)
+        else:
+            logits = out.query_logits.mean(1, keepdim=True)
+        return BoltzFormerOutput(
+            logits=logits, query_logits=out.query_logits, aux_logits=out.aux_logits, sampling=out.sampling
+        )
+
+    def forward(
+        self,
+        images: Tensor,
+        prompts: Sequence[str],
+        *,
+        generator: torch.Generator | None = None,
+        return_aux: bool = False,
+        return_sampling: bool = False,
+    ) -> BoltzFormerOutput:
+        """Segment the target each prompt names in its image.
+
+        Args:
+            images: float (B, 3, H, W), values 0-255, H and W multiples of 32.
+            prompts: B strings.
+            generator: makes the sampled attention reproducible (same seed, same mask).
+            return_aux: also return earlier layers' predictions (deep supervision).
+            return_sampling: also return each layer's attended tokens and distributions.
+        """
+        return self.decode(
+            self.encode_image(images),
+            prompts,
+            generator=generator,
+            return_aux=return_aux,
+            return_sampling=return_sampling,
+        )
+
+
+def _build_backbone(cfg: ModelConfig) -> nn.Module:
+    if cfg.backbone.name == "tiny":
+        return TinyBackbone(channels=cfg.backbone.channels, depths=cfg.backbone.depths)
+    raise ValueError(f"unknown backbone {cfg.backbone.name!r}; available: ['tiny']")
+
+
+def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFormer:
+    """Build a BoltzFormer from a preset name (``"tiny"``) or a :class:`ModelConfig`.
+
+    ``overrides`` change settings by dotted path or unique field name, e.g.
+    ``build_model("tiny", attention="full", num_queries=4)``.
+    """
+    if isinstance(preset, ModelConfig):
+        from boltzformer.config import apply_overrides
+
+        cfg = apply_overrides(preset, overrides)
+    else:
+        cfg = get_preset(preset, **overrides)
+    backbone = _build_backbone(cfg)
+    pd, dc, tc = cfg.pixel_decoder, cfg.decoder, cfg.text
+    pixel_decoder = PixelDecoder(
+        in_channels=tuple(backbone.out_channels),
+        conv_dim=pd.conv_dim,
+        mask_dim=pd.mask_dim,
+        encoder_layers=pd.encoder_layers,
+        encoder_heads=pd.encoder_heads,
+        encoder_ffn_dim=pd.encoder_ffn_dim,
+        norm_groups=pd.norm_groups,
+    )
+    text_encoder = BuiltinTextEncoder(
+        out_dim=dc.hidden_dim,
+        vocab_size=tc.vocab_size,
+        context_length=tc.context_length,
+        width=tc.width,
+        layers=tc.layers,
+        heads=tc.heads,
+    )
+    sampler = BoltzmannSampler(
+        mode=dc.attention, ratio=dc.sample_ratio, base_temperature=dc.base_temperature, threshold=dc.threshold
+    )
+    decoder = BoltzmannDecoder(
+        in_channels=pixel_decoder.conv_dim,
+        mask_dim=pixel_decoder.mask_dim,
+        hidden_dim=dc.hidden_dim,
+        num_heads=dc.num_heads,
+        ffn_dim=dc.ffn_dim,
+        num_layers=dc.num_layers,
+        num_queries=dc.num_queries,
+        pre_self_attention=dc.pre_self_attention,
+        sampler=sampler,
+    )
+    pigma = PiGMA(num_queries=dc.num_queries, hidden_channels=cfg.pigma_channels) if cfg.pigma else None
+    return BoltzFormer(
+        backbone=backbone,
+        pixel_decoder=pixel_decoder,
+        text_encoder=text_encoder,
+        decoder=decoder,
+        pigma=pigma,
+        pixel_mean=cfg.pixel_mean,
+        pixel_std=cfg.pixel_std,
+        config=cfg,
+    )

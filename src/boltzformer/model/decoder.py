@@ -1,0 +1,215 @@
+"""The Boltzmann decoder: latent queries, a text-conditioned prior, L sampled cross-attention layers.
+
+Data flow (B images, Q queries, L text tokens, N tokens of one feature level):
+
+1. queries: learned content ``query_feat`` (Q, C) plus positions ``query_embed`` (Q, C);
+2. text-conditioned prior: self-attention over [queries ; text tokens], then an FFN on the queries;
+3. mask embedding e = MLP(LayerNorm(q)); mask logits are ``e . F`` with F the mask features;
+4. layer l = 0..L-1 over level l % 3 (strides 32, 16, 8): the sampler draws each query's attended
+   tokens from the Boltzmann distribution of the latest logits at this level's resolution, the
+   queries cross-attend to those tokens only, then self-attention over [queries ; text], FFN, and
+   new mask embeddings.
+
+Mask logits for the sampling distributions are computed at the attention level's resolution from
+mask features resized once per forward (bilinear resizing is linear, so ``e . resize(F)`` equals
+``resize(e . F)``, at up to 64x less cost). Full-resolution logits are computed only for the output
+and, when asked, for deep supervision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from boltzformer.model.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from boltzformer.model.position import sine_position_encoding
+from boltzformer.model.text import TextFeatures
+from boltzformer.sampling import AttentionSelection, BoltzmannSampler
+
+__all__ = ["BoltzmannDecoder", "DecoderOutput", "LayerSampling"]
+
+NUM_LEVELS = 3
+
+
+@dataclass
+class LayerSampling:
+    """What decoder layer ``layer`` attended to, at its level's resolution (``size`` = (h, w)).
+
+    ``keep``: bool (B, heads, Q, h*w), the attended tokens (None for dense attention);
+    ``probs``: (B, heads, Q, h*w) the Boltzmann distribution (boltzmann mode only);
+    ``temperature``: the layer's temperature.
+    """
+
+    layer: int
+    size: tuple[int, int]
+    keep: Tensor | None
+    probs: Tensor | None
+    temperature: float | None
+
+
+@dataclass
+class DecoderOutput:
+    """``query_logits``: (B, Q, H/4, W/4) mask logits of every query after the last layer.
+    ``aux_logits``: query-mean logits (B, 1, H/4, W/4) of the earlier predictions (the prior and
+    layers 0..L-2), for deep supervision; empty unless asked for.
+    ``sampling``: one :class:`LayerSampling` per layer; empty unless asked for."""
+
+    query_logits: Tensor
+    aux_logits: list[Tensor] = field(default_factory=list)
+    sampling: list[LayerSampling] = field(default_factory=list)
+
+
+class BoltzmannDecoder(nn.Module):
+    """Transformer decoder with Boltzmann attention sampling.
+
+    Args:
+        in_channels: channels of the pixel decoder's multi-scale maps.
+        mask_dim: channels of the mask features.
+        hidden_dim: width C of queries and text tokens.
+        num_heads: attention heads.
+        ffn_dim: FFN hidden size.
+        num_layers: decoder layers L.
+        num_queries: latent queries Q.
+        pre_self_attention: run the text-conditioned prior before the first layer.
+        sampler: chooses the attended tokens (mode, ratio, temperatures).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        mask_dim: int,
+        hidden_dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        num_layers: int,
+        num_queries: int,
+        pre_self_attention: bool = True,
+        sampler: BoltzmannSampler,
+    ) -> None:
+        super().__init__()
+        if hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even, got {hidden_dim}")
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.num_queries = num_queries
+        self.sampler = sampler
+        self.pre_self_attention = pre_self_attention
+        if pre_self_attention:
+            self.initial_self_attention_layer = SelfAttentionLayer(hidden_dim, num_heads)
+            self.initial_ffn_layer = FFNLayer(hidden_dim, ffn_dim)
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers)
+        )
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, ffn_dim) for _ in range(num_layers))
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.level_embed = nn.Embedding(NUM_LEVELS, hidden_dim)
+        self.input_proj = nn.ModuleList(
+            nn.Conv2d(in_channels, hidden_dim, kernel_size=1) if in_channels != hidden_dim else nn.Identity()
+            for _ in range(NUM_LEVELS)
+        )
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def _mask_embedding(self, queries: Tensor) -> Tensor:
+        return self.mask_embed(self.decoder_norm(queries))  # B x Q x mask_dim
+
+    def forward(
+        self,
+        multi_scale: list[Tensor],
+        mask_features: Tensor,
+        text: TextFeatures,
+        *,
+        generator: torch.Generator | None = None,
+        return_aux: bool = False,
+        return_sampling: bool = False,
+    ) -> DecoderOutput:
+        """
+        Args:
+            multi_scale: 3 maps (B, in_channels, h_i, w_i) at strides 32, 16, 8.
+            mask_features: (B, mask_dim, H/4, W/4).
+            text: token features (B, L, C) with their padding mask.
+            generator: makes the sampled attention sets reproducible.
+            return_aux: also return the earlier predictions' query-mean logits.
+            return_sampling: also return each layer's attended sets and distributions.
+        """
+        if len(multi_scale) != NUM_LEVELS:
+            raise ValueError(f"expected {NUM_LEVELS} multi-scale maps, got {len(multi_scale)}")
+        B = mask_features.shape[0]
+        Q, C = self.num_queries, self.hidden_dim
+        L = text.tokens.shape[1]
+
+        src, pos, level_features, sizes = [], [], [], []
+        for i, x in enumerate(multi_scale):
+            h, w = x.shape[-2:]
+            sizes.append((h, w))
+            # B x C x h x w -> B x hw x C
+            src.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).transpose(1, 2))
+            pos.append(sine_position_encoding(h, w, C // 2, device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2))
+            # mask features at this level's resolution, for the sampling distributions
+            level_features.append(F.interpolate(mask_features, size=(h, w), mode="bilinear", align_corners=False))
+
+        query_pos = self.query_embed.weight[None].expand(B, Q, C)
+        queries = self.query_feat.weight[None].expand(B, Q, C)
+        text_tokens = text.tokens
+        # text tokens use their initial embedding (detached) as position, as in the reference
+        both_pos = torch.cat((query_pos, text_tokens.detach()), dim=1)  # B x (Q+L) x C
+        both_padding = torch.cat((text.padding_mask.new_zeros(B, Q), text.padding_mask), dim=1)
+
+        def self_attend(layer: SelfAttentionLayer, queries: Tensor, text_tokens: Tensor) -> tuple[Tensor, Tensor]:
+            both = layer(torch.cat((queries, text_tokens), dim=1), pos=both_pos, key_padding_mask=both_padding)
+            return both[:, :Q], both[:, Q:]
+
+        if self.pre_self_attention:
+            queries, text_tokens = self_attend(self.initial_self_attention_layer, queries, text_tokens)
+            queries = self.initial_ffn_layer(queries)
+        embedding = self._mask_embedding(queries)
+
+        aux_embeddings: list[Tensor] = []
+        sampling: list[LayerSampling] = []
+        for layer in range(self.num_layers):
+            level = layer % NUM_LEVELS
+            if return_aux:
+                aux_embeddings.append(embedding)
+            # B x Q x mask_dim . B x mask_dim x h x w -> B x Q x hw
+            logits = torch.einsum("bqc,bchw->bqhw", embedding, level_features[level]).flatten(2)
+            selection: AttentionSelection = self.sampler(
+                logits, layer, self.num_heads, generator=generator, return_probs=return_sampling
+            )
+            if return_sampling:
+                sampling.append(
+                    LayerSampling(
+                        layer=layer,
+                        size=sizes[level],
+                        keep=selection.as_keep_mask(logits.shape[-1]),
+                        probs=selection.probs,
+                        temperature=selection.temperature,
+                    )
+                )
+            queries = self.transformer_cross_attention_layers[layer](
+                queries,
+                src[level],
+                pos=pos[level],
+                query_pos=query_pos,
+                keep=selection.keep,
+                indices=selection.indices,
+                valid=selection.valid,
+            )
+            queries, text_tokens = self_attend(self.transformer_self_attention_layers[layer], queries, text_tokens)
+            queries = self.transformer_ffn_layers[layer](queries)
+            embedding = self._mask_embedding(queries)
+
+        query_logits = torch.einsum("bqc,bchw->bqhw", embedding, mask_features)
+        # the query mean of e . F is (mean e) . F: one channel per earlier prediction
+        aux_logits = [
+            torch.einsum("bqc,bchw->bqhw", e.mean(1, keepdim=True), mask_features) for e in aux_embeddings
+        ]
+        return DecoderOutput(query_logits=query_logits, aux_logits=aux_logits, sampling=sampling)

@@ -1,0 +1,92 @@
+"""Inference: numpy image + prompt in, numpy mask out, on the input's own pixel grid.
+
+:class:`Predictor` is separate from the ``nn.Module``: it pre-processes (pad to square, resize),
+caches the image features so that several prompts on one image encode it once, seeds the sampled
+attention (the same seed gives the same mask) and maps the prediction back to the input's size.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from boltzformer.model import BoltzFormer, ImageFeatures
+from boltzformer.model.text import check_prompts
+from boltzformer.transforms import Geometry, from_model_output, image_to_tensor, to_model_input
+
+__all__ = ["Predictor", "predict_probabilities"]
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: BoltzFormer,
+    images: Sequence[Tensor],
+    prompts: Sequence[str],
+    *,
+    image_size: int,
+    generator: torch.Generator | None = None,
+) -> list[Tensor]:
+    """Probability maps (H_i, W_i) for a batch of images (3, H_i, W_i) 0-255 of any sizes."""
+    inputs, geoms = zip(*(to_model_input(img, image_size) for img in images))
+    batch = torch.stack(inputs).to(model.device)
+    logits = model(batch, list(prompts), generator=generator).logits.float()
+    return [from_model_output(lg[0], g).sigmoid().cpu() for lg, g in zip(logits, geoms)]
+
+
+class Predictor:
+    """Segments what a prompt names in an image.
+
+    Args:
+        model: a trained :class:`~boltzformer.model.BoltzFormer` (see ``load_checkpoint``).
+        image_size: the model's input side; default: the size it was trained at.
+        threshold: probability above which a pixel is in the mask.
+        seed: seed of the sampled attention; the same seed gives the same mask.
+
+    Example:
+        >>> predictor = Predictor(boltzformer.load_checkpoint("run/last.ckpt"))
+        >>> mask = predictor.predict(image, "lung nodule in CT scan")  # (H, W) bool
+    """
+
+    def __init__(self, model: BoltzFormer, *, image_size: int | None = None, threshold: float = 0.5, seed: int = 0) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if image_size is None:
+            image_size = model.config.image_size if model.config is not None else 256
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
+        self.model = model.eval()
+        self.image_size = image_size
+        self.threshold = threshold
+        self.seed = seed
+        self._features: ImageFeatures | None = None
+        self._geometry: Geometry | None = None
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator(device=self.model.device).manual_seed(self.seed)
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode an image (H, W) or (H, W, 3); 8-bit values are used as they are."""
+        tensor, geom = to_model_input(image_to_tensor(image), self.image_size)
+        self._features = self.model.encode_image(tensor[None].to(self.model.device))
+        self._geometry = geom
+
+    @torch.inference_mode()
+    def predict_proba(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
+        """Probability map (H, W) float32 of the target ``prompt`` names in ``image`` (None: the
+        image given to :meth:`set_image` last, encoded once for any number of prompts)."""
+        if image is not None:
+            self.set_image(image)
+        if self._features is None or self._geometry is None:
+            raise RuntimeError("no image: call set_image(image) first or pass image=...")
+        check_prompts([prompt], name="prompt")
+        out = self.model.decode(self._features, [prompt], generator=self._generator())
+        prob = from_model_output(out.logits[0, 0].float(), self._geometry).sigmoid()
+        return prob.cpu().numpy()
+
+    def predict(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
+        """Binary mask (H, W) bool of the target ``prompt`` names; ``image=None`` reuses the last one."""
+        return self.predict_proba(image, prompt) > self.threshold

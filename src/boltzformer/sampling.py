@@ -1,0 +1,308 @@
+"""Boltzmann attention sampling: which image tokens each query attends to.
+
+The method of Zhao, Kiblawi et al., "Boltzmann Attention Sampling for Image Analysis with Small
+Objects" (CVPR 2025, arXiv 2503.02841). At decoder layer ``l`` every query (and every attention
+head) holds a prediction ``logits`` over the ``N`` tokens of that layer's feature level. Its
+Boltzmann distribution is
+
+    p_i = exp(sigmoid(logits_i) / tau_l) / sum_j exp(sigmoid(logits_j) / tau_l),
+    tau_l = tau0 / (1 + l),
+
+and the query attends to the *distinct* tokens among ``n = floor(ratio * N)`` i.i.d. draws from
+``p``, so token ``i`` is attended with probability ``1 - (1 - p_i) ** n``. Early layers are hot
+(near-uniform draws: explore), late layers cold (peaked draws: exploit).
+
+The reference code's optional ``threshold`` marks tokens whose sigmoid is ``>= threshold`` as
+always attended (Mask2Former's masked attention) and removes them from ``p``; its default 1.1
+means no token is.
+
+Everything random takes a ``torch.Generator`` so that the same seed gives the same attended sets.
+Nothing in this module has parameters: any decoder can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ATTENTION_MODES",
+    "AttentionSelection",
+    "BoltzmannSampler",
+    "boltzmann_distribution",
+    "boltzmann_keep_mask",
+    "inclusion_probability",
+    "layer_temperature",
+    "num_draws",
+    "sample_token_indices",
+]
+
+#: How a decoder layer chooses the image tokens a query attends to.
+#: ``boltzmann``: the paper's sampling; ``full``: every token (dense attention);
+#: ``masked``: Mask2Former, tokens with sigmoid >= 0.5 (every token where none is);
+#: ``uniform``: as many i.i.d. draws as ``boltzmann`` but from the uniform distribution.
+ATTENTION_MODES = ("boltzmann", "full", "masked", "uniform")
+
+
+def layer_temperature(base_temperature: float, layer: int) -> float:
+    """Temperature of decoder layer ``layer`` (0-based): ``base_temperature / (1 + layer)``.
+
+    The reference code writes it ``base / (2 + layer_id)`` with ``layer_id`` starting at -1 for the
+    prediction made before the first layer; both give 1, 1/2, 1/3, ... for tau0 = 1.
+    """
+    if layer < 0:
+        raise ValueError(f"layer must be >= 0, got {layer}")
+    if base_temperature <= 0:
+        raise ValueError(f"base_temperature must be > 0, got {base_temperature}")
+    return base_temperature / (1 + layer)
+
+
+def num_draws(num_tokens: int, ratio: float) -> int:
+    """Number of i.i.d. draws for ``num_tokens`` tokens: ``floor(ratio * num_tokens)``, at least 1."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    return max(1, int(num_tokens * ratio))
+
+
+def _check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not 0.0 < threshold:
+        raise ValueError(f"threshold must be > 0 or None, got {threshold}")
+
+
+def boltzmann_distribution(
+    logits: Tensor, temperature: float, *, threshold: float | None = None
+) -> Tensor:
+    """Boltzmann distribution over the last axis of ``logits``.
+
+    Args:
+        logits: mask logits, any shape (..., N), tokens on the last axis.
+        temperature: tau > 0.
+        threshold: tokens with ``sigmoid(logits) >= threshold`` get probability 0 (they are
+            attended anyway); a row where every token is such gets all zeros.
+
+    Returns:
+        Probabilities (..., N) in float32, each row summing to 1 (or all zeros, see above).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_threshold(threshold)
+    scores = torch.sigmoid(logits.float()) / temperature
+    if threshold is None:
+        return torch.softmax(scores, dim=-1)
+    candidate = torch.sigmoid(logits.float()) < threshold
+    scores = scores.masked_fill(~candidate, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    # rows with no candidate give NaN from softmax over all -inf: make them zero
+    return torch.nan_to_num(probs, nan=0.0)
+
+
+def inclusion_probability(probs: Tensor, n: int) -> Tensor:
+    """Chance that ``n`` i.i.d. draws from ``probs`` hit each token at least once: 1 - (1 - p)^n."""
+    return 1.0 - (1.0 - probs).pow(n)
+
+
+def _draw(probs: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+    """``n`` i.i.d. draws per row of ``probs`` (..., N) -> int64 indices (..., n)."""
+    *lead, N = probs.shape
+    rows = probs.reshape(-1, N)
+    # torch.multinomial needs a positive row sum; rows with no candidate draw uniformly (the
+    # draws are then irrelevant: every token of such a row is always attended)
+    empty = rows.sum(-1, keepdim=True) <= 0
+    rows = torch.where(empty, torch.ones_like(rows), rows)
+    idx = torch.multinomial(rows, n, replacement=True, generator=generator)
+    return idx.reshape(*lead, n)
+
+
+def sample_token_indices(
+    logits: Tensor,
+    temperature: float,
+    ratio: float,
+    *,
+    uniform: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Draw the attended tokens as indices, for attention that gathers only those tokens.
+
+    Args:
+        logits: (..., N) mask logits at the attention level's resolution.
+        temperature: Boltzmann temperature.
+        ratio: fraction of N drawn (``n = floor(ratio * N)`` draws).
+        uniform: draw from the uniform distribution instead (the ``uniform`` ablation).
+        generator: makes the draws reproducible.
+
+    Returns:
+        ``(indices, valid)``, both (..., n): the drawn token indices sorted ascending, and a bool
+        mask that is False on repeats, so that ``indices[valid]`` is the set of distinct tokens
+        drawn (the attended set).
+    """
+    N = logits.shape[-1]
+    n = num_draws(N, ratio)
+    if uniform:
+        idx = torch.randint(
+            N, (*logits.shape[:-1], n), generator=generator, device=logits.device
+        )
+    else:
+        idx = _draw(boltzmann_distribution(logits.detach(), temperature), n, generator)
+    idx, _ = torch.sort(idx, dim=-1)
+    valid = torch.ones_like(idx, dtype=torch.bool)
+    valid[..., 1:] = idx[..., 1:] != idx[..., :-1]
+    return idx, valid
+
+
+def boltzmann_keep_mask(
+    logits: Tensor,
+    temperature: float,
+    ratio: float,
+    *,
+    threshold: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The attended set of Boltzmann attention sampling as a boolean mask.
+
+    Args:
+        logits: (..., N) mask logits, tokens on the last axis. Each row (every leading index: a
+            query, or a query and a head) draws its own set.
+        temperature: tau of this layer (see :func:`layer_temperature`).
+        ratio: ``n = floor(ratio * N)`` i.i.d. draws per row.
+        threshold: tokens with ``sigmoid(logits) >= threshold`` are always attended and excluded
+            from the draws (the reference code's ``mask_threshold``); None: no such tokens.
+        generator: a ``torch.Generator`` on ``logits``' device for reproducible draws.
+
+    Returns:
+        Bool tensor of the same shape as ``logits``: True where the token is attended. Marginally
+        token i is True with probability ``1 - (1 - p_i) ** n`` (plus the always-attended tokens).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> keep = boltzmann_keep_mask(torch.randn(2, 10, 1024), 1.0, 0.1, generator=g)
+        >>> keep.shape, bool(keep.any(-1).all())
+        (torch.Size([2, 10, 1024]), True)
+    """
+    _check_threshold(threshold)
+    N = logits.shape[-1]
+    n = num_draws(N, ratio)
+    probs = boltzmann_distribution(logits.detach(), temperature, threshold=threshold)
+    idx = _draw(probs, n, generator)
+    keep = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    keep.scatter_(-1, idx, True)
+    if threshold is not None:
+        keep |= torch.sigmoid(logits.detach().float()) >= threshold
+    return keep
+
+
+@dataclass
+class AttentionSelection:
+    """The image tokens each (batch, head, query) attends to at one decoder layer.
+
+    Exactly one form is set:
+    - ``keep is None and indices is None``: every token (dense attention);
+    - ``keep``: bool (B, heads, Q, N), True = attended (dense attention with this mask);
+    - ``indices`` + ``valid``: int64 / bool (B, heads, Q, n): gather only these tokens, ignoring
+      repeats (``valid`` False). Cost follows n, not N.
+    ``probs`` (B, heads, Q, N) holds the sampling distribution when it was computed (for
+    visualisation); ``temperature`` the layer's temperature.
+    """
+
+    keep: Tensor | None = None
+    indices: Tensor | None = None
+    valid: Tensor | None = None
+    probs: Tensor | None = None
+    temperature: float | None = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.keep is None and self.indices is None
+
+    def as_keep_mask(self, num_tokens: int) -> Tensor | None:
+        """The attended set as a bool mask (B, heads, Q, N); None for dense attention."""
+        if self.keep is not None:
+            return self.keep
+        if self.indices is None:
+            return None
+        keep = torch.zeros(
+            (*self.indices.shape[:-1], num_tokens), dtype=torch.bool, device=self.indices.device
+        )
+        # repeats scatter True onto a token already True: no need to filter them
+        return keep.scatter_(-1, self.indices, True)
+
+
+class BoltzmannSampler(torch.nn.Module):
+    """Chooses the attended tokens of every decoder layer from the latest mask prediction.
+
+    Args:
+        mode: one of :data:`ATTENTION_MODES`.
+        ratio: fraction of tokens drawn per query and head (``boltzmann`` and ``uniform``).
+        base_temperature: tau0 of the schedule tau_l = tau0 / (1 + l).
+        threshold: always-attend threshold on sigmoid (the reference code's ``mask_threshold``);
+            None (the default, like the reference's 1.1) for none. With a threshold the sampled set
+            has no fixed size and attention falls back to a dense masked form.
+        keep_probs: also return the Boltzmann distribution (for sampling maps).
+
+    ``forward(logits, layer, num_heads, generator)`` takes mask logits (B, Q, N) at the layer's
+    resolution and returns an :class:`AttentionSelection` for (B, heads, Q, N).
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: Literal["boltzmann", "full", "masked", "uniform"] = "boltzmann",
+        ratio: float = 0.1,
+        base_temperature: float = 1.0,
+        threshold: float | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+        num_draws(1, ratio)  # validates ratio
+        layer_temperature(base_temperature, 0)  # validates base_temperature
+        _check_threshold(threshold)
+        self.mode = mode
+        self.ratio = ratio
+        self.base_temperature = base_temperature
+        self.threshold = threshold
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, ratio={self.ratio}, base_temperature={self.base_temperature}, "
+            f"threshold={self.threshold}"
+        )
+
+    def forward(
+        self,
+        logits: Tensor,
+        layer: int,
+        num_heads: int,
+        *,
+        generator: torch.Generator | None = None,
+        return_probs: bool = False,
+    ) -> AttentionSelection:
+        B, Q, N = logits.shape
+        logits = logits.detach()
+        temperature = layer_temperature(self.base_temperature, layer)
+        if self.mode == "full":
+            return AttentionSelection(temperature=temperature)
+        if self.mode == "masked":
+            keep = torch.sigmoid(logits) >= 0.5  # B x Q x N
+            keep = keep | ~keep.any(-1, keepdim=True)  # a query with no token attends to all
+            return AttentionSelection(keep=keep[:, None].expand(B, num_heads, Q, N))
+        # every head draws its own set: B x Q x N -> B x heads x Q x N
+        per_head = logits[:, None].expand(B, num_heads, Q, N)
+        probs = None
+        if return_probs and self.mode == "boltzmann":
+            probs = boltzmann_distribution(per_head, temperature, threshold=self.threshold)
+        if self.threshold is not None and self.mode == "boltzmann":
+            keep = boltzmann_keep_mask(
+                per_head, temperature, self.ratio, threshold=self.threshold, generator=generator
+            )
+            return AttentionSelection(keep=keep, probs=probs, temperature=temperature)
+        idx, valid = sample_token_indices(
+            per_head,
+            temperature,
+            self.ratio,
+            uniform=self.mode == "uniform",
+            generator=generator,
+        )
+        return AttentionSelection(indices=idx, valid=valid, probs=probs, temperature=temperature)

@@ -1,0 +1,1 @@
+"""Training with PyTorch Lightning (the ``train`` extra): module, loss, runner."""

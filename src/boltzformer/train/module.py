@@ -1,0 +1,102 @@
+"""Lightning module: the BoltzFormer, its loss and its optimiser.
+
+The loss is MONAI's Dice (on sigmoid, squared denominators) + BCE, on the final prediction
+resized to the target's size, plus (deep supervision) the same on every earlier layer's query-mean
+prediction. Everything is in ``self.model`` so that DDP, checkpoints and precision are Lightning's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from boltzformer.checkpoint import checkpoint_metadata
+from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from boltzformer.model import build_model
+
+__all__ = ["BoltzFormerModule", "SegmentationLoss"]
+
+
+class SegmentationLoss(torch.nn.Module):
+    """Dice (sigmoid, squared denominators) + BCE via MONAI, logits resized to the target's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss = DiceCELoss(sigmoid=True, squared_pred=True, reduction="mean")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return self.loss(logits, target)
+
+
+class BoltzFormerModule(L.LightningModule):
+    """Trains a BoltzFormer. Batches are dicts with "image" (B, 3, S, S), "mask" (B, 1, S, S),
+    "prompt" (list of B strings)."""
+
+    def __init__(self, model_config: dict[str, Any], train_config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config: ModelConfig = config_from_dict(ModelConfig, model_config)
+        self.train_config: TrainConfig = config_from_dict(TrainConfig, train_config)
+        self.model = build_model(self.model_config)
+        self.loss = SegmentationLoss()
+
+    @classmethod
+    def create(cls, model_config: ModelConfig, train_config: TrainConfig) -> "BoltzFormerModule":
+        return cls(config_to_dict(model_config), config_to_dict(train_config))
+
+    def _losses(self, batch: dict[str, Any], *, aux: bool) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        out = self.model(batch["image"], batch["prompt"], return_aux=aux)
+        main = self.loss(out.logits, batch["mask"])
+        total = main
+        if aux and out.aux_logits:
+            w = self.train_config.aux_weight
+            total = total + w * sum(self.loss(a, batch["mask"]) for a in out.aux_logits) / len(out.aux_logits)
+        return total, main, out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        total, main, _ = self._losses(batch, aux=self.train_config.deep_supervision)
+        B = len(batch["prompt"])
+        self.log("train/loss", total, prog_bar=True, batch_size=B)
+        self.log("train/loss_final", main, batch_size=B)
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, main, out = self._losses(batch, aux=False)
+        B = len(batch["prompt"])
+        logits = F.interpolate(out.logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
+        pred = (logits > 0).float()
+        target = (batch["mask"] >= 0.5).float()
+        inter = (pred * target).flatten(1).sum(-1)
+        denom = pred.flatten(1).sum(-1) + target.flatten(1).sum(-1)
+        dice = torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom))
+        self.log("val/loss", main, prog_bar=False, batch_size=B, sync_dist=True)
+        self.log("val/dice", dice.mean(), prog_bar=True, batch_size=B, sync_dist=True)
+
+    def configure_optimizers(self):
+        tc = self.train_config
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.dim() < 2 or "embed" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=tc.lr,
+        )
+
+        def schedule(step: int) -> float:
+            if step < tc.warmup_steps:
+                return (step + 1) / tc.warmup_steps
+            progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["boltzformer"] = checkpoint_metadata(self.model)

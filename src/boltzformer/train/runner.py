@@ -1,0 +1,130 @@
+"""Run a training job with PyTorch Lightning: data, trainer, checkpoints, logs and resume.
+
+One "epoch" is the whole run (``max_steps`` batches drawn with a seeded sampler), so the progress
+bar shows the steps left and an estimate of the time left. ``--devices N`` uses Lightning's DDP
+(gloo on CPU, NCCL on GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, RandomSampler
+
+from boltzformer.config import ModelConfig, TrainConfig, config_to_dict
+from boltzformer.data.loading import ModelInputDataset, open_dataset
+from boltzformer.train.module import BoltzFormerModule
+
+__all__ = ["TrainJob", "run_training", "write_json_atomic"]
+
+_PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Write JSON to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@dataclass
+class TrainJob:
+    model: ModelConfig
+    train: TrainConfig
+    data: str | Sequence[str]
+    out: Path
+    data_seed: int = 0
+    synthetic_counts: dict[str, int] | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+def _loaders(job: TrainJob) -> tuple[DataLoader, DataLoader]:
+    tc = job.train
+    size = job.model.image_size
+    kwargs = {"seed": job.data_seed, "synthetic_size": size, "synthetic_counts": job.synthetic_counts}
+    train_ds = ModelInputDataset(open_dataset(job.data, "train", **kwargs), size, augment=True)
+    val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size)
+    sampler = RandomSampler(
+        train_ds,
+        replacement=True,
+        num_samples=tc.max_steps * tc.batch_size * max(1, tc.devices),
+        generator=torch.Generator().manual_seed(tc.seed),
+    )
+    common = {"num_workers": tc.num_workers, "persistent_workers": tc.num_workers > 0}
+    train_dl = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, drop_last=True, **common)
+    val_dl = DataLoader(val_ds, batch_size=max(tc.batch_size, 16), shuffle=False, **common)
+    return train_dl, val_dl
+
+
+def run_training(job: TrainJob) -> Path:
+    """Train; returns the path of ``last.ckpt`` in ``job.out``."""
+    tc = job.train
+    if tc.precision not in _PRECISION:
+        raise ValueError(f"precision must be one of {sorted(_PRECISION)}, got {tc.precision!r}")
+    out = Path(job.out)
+    last = out / "last.ckpt"
+    if job.resume and not last.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
+    if not job.resume and last.exists():
+        raise FileExistsError(f"{out} already holds a run (last.ckpt); use --resume to continue it or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(tc.seed, workers=True, verbose=False)
+    train_dl, val_dl = _loaders(job)
+    write_json_atomic(
+        {
+            "model": config_to_dict(job.model),
+            "train": config_to_dict(tc),
+            "data": job.data if isinstance(job.data, str) else list(job.data),
+            "data_seed": job.data_seed,
+            "synthetic_counts": job.synthetic_counts,
+        },
+        out / "config.json",
+    )
+    module = BoltzFormerModule.create(job.model, tc)
+    checkpoint = ModelCheckpoint(
+        dirpath=out, filename="best", monitor="val/dice", mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False
+    )
+    callbacks: list[L.Callback] = [checkpoint, LearningRateMonitor(logging_interval="step")]
+    if job.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    val_every = min(tc.val_every, tc.max_steps)
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_steps=tc.max_steps,
+        max_epochs=-1,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        strategy="ddp" if tc.devices > 1 else "auto",
+        precision=_PRECISION[tc.precision],
+        gradient_clip_val=tc.grad_clip or None,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(save_dir=out, name="logs", version=""),
+        callbacks=callbacks,
+        enable_progress_bar=job.progress,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, tc.max_steps),
+        deterministic=False,
+    )
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if job.resume else None)
+    return last
