@@ -13,7 +13,9 @@ regions, optional lungs and a vertebra, a bias field and texture, Gaussian noise
 One object is the target: the prompt names its kind (with varied phrasing) and the mask is exactly
 its pixels. Because a kind appears at most once per image, the prompt alone says which object to
 segment. Target sizes are balanced over the :data:`SIZE_BUCKETS` (by area fraction): item ``i`` has
-its target in bucket ``("tiny", "small", "large")[i % 3]``, and the mask area always lies in it.
+its target in bucket ``("tiny", "small", "large")[i % 3]``, and the mask area always lies in it
+(calcifications are only tiny or small, lesions only small or large). Tiny targets cover at least
+0.012% of the image (8 pixels at 256 x 256, never fewer than 3).
 
 Items are generated on the fly; item ``i`` is a pure function of ``(config.seed, split, i)`` through
 ``numpy.random.default_rng([seed, SPLIT_CODES[split], i])``, so it is the same in every process and
@@ -38,6 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from boltzformer.evaluate import size_bucket
 
 __all__ = [
     "KINDS",
@@ -82,21 +86,6 @@ _KIND_MAX_FRACTION = {"calcification": 0.004}  # calcifications stay compact
 _OTHER_BUCKET_WEIGHTS = {"tiny": 0.3, "small": 0.45, "large": 0.25}  # sizes of non-target objects
 _MIN_PIXELS = 3  # no object is smaller than this (tiny targets are >= 8 pixels at 256x256)
 _PLACEMENT_TRIES = 200
-
-
-def size_bucket(area_fraction: float) -> str:
-    """Size bucket of an object: ``"tiny"`` (< 0.1% of the image), ``"small"`` (< 1%) or ``"large"``.
-
-    Raises:
-        ValueError: if ``area_fraction`` is not in [0, 1].
-    """
-    if not 0.0 <= area_fraction <= 1.0:
-        raise ValueError(f"area_fraction must be in [0, 1], got {area_fraction!r}")
-    if area_fraction < SIZE_BUCKETS["tiny"][1]:
-        return "tiny"
-    if area_fraction < SIZE_BUCKETS["small"][1]:
-        return "small"
-    return "large"
 
 
 @dataclass
@@ -275,10 +264,11 @@ def _draw_pixels(rng: np.random.Generator, kind: str, bucket: str, n_pix: int) -
     hi = min(hi, _KIND_MAX_FRACTION.get(kind, 1.0))
     k = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi))) * n_pix))
     k = max(k, _MIN_PIXELS)
-    # clamp into the bucket (exact, whatever the rounding of the bucket bounds)
-    while size_bucket(k / n_pix) != bucket and _BUCKET_ORDER.index(size_bucket(k / n_pix)) > _BUCKET_ORDER.index(bucket):
+    # clamp into the bucket, exactly as size_bucket sees it (whatever the rounding of the bounds)
+    rank = _BUCKET_ORDER.index
+    while rank(size_bucket(k / n_pix)) > rank(bucket):
         k -= 1
-    while size_bucket(k / n_pix) != bucket:
+    while rank(size_bucket(k / n_pix)) < rank(bucket):
         k += 1
     return k
 
@@ -464,7 +454,12 @@ def _build_shape(rng: np.random.Generator, kind: str, k: int, s: int) -> _Shape:
 
 
 def _place(
-    rng: np.random.Generator, mask: np.ndarray, interior: np.ndarray, occupied: np.ndarray, iy: np.ndarray, ix: np.ndarray
+    rng: np.random.Generator,
+    mask: np.ndarray,
+    interior: np.ndarray,
+    occupied: np.ndarray,
+    iy: np.ndarray,
+    ix: np.ndarray,
 ) -> tuple[int, int] | None:
     """Top-left corner where ``mask`` lies inside ``interior`` and off ``occupied``; None after many tries."""
     s = interior.shape[0]

@@ -1,0 +1,153 @@
+"""Shapes through every module, text handling, reproducibility, resolution-independence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import boltzformer
+from boltzformer.model.backbones import TinyBackbone
+from boltzformer.model.pigma import PiGMA
+from boltzformer.model.pixel_decoder import PixelDecoder
+from boltzformer.model.text import BuiltinTextEncoder, HashTokenizer
+
+SMALL = dict(num_layers=3, num_queries=4)
+
+
+def _images(B, S=128, seed=0):
+    return torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def test_backbone_strides_and_channels():
+    net = TinyBackbone(channels=(8, 16, 24, 32), depths=(1, 1, 1, 1))
+    out = net(torch.randn(2, 3, 96, 160))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "res2": (2, 8, 24, 40), "res3": (2, 16, 12, 20), "res4": (2, 24, 6, 10), "res5": (2, 32, 3, 5),
+    }
+
+
+def test_pixel_decoder_shapes():
+    pd = PixelDecoder(in_channels=(8, 16, 24, 32), conv_dim=32, mask_dim=16, encoder_layers=1, encoder_heads=2,
+                      encoder_ffn_dim=64, norm_groups=8)
+    feats = TinyBackbone(channels=(8, 16, 24, 32), depths=(1, 1, 1, 1))(torch.randn(2, 3, 128, 96))
+    out = pd(feats)
+    assert out.mask_features.shape == (2, 16, 32, 24)
+    assert [tuple(m.shape) for m in out.multi_scale] == [(2, 32, 4, 3), (2, 32, 8, 6), (2, 32, 16, 12)]
+
+
+def test_text_encoder_shapes_padding_and_pooling():
+    enc = BuiltinTextEncoder(out_dim=24, vocab_size=512, context_length=16, width=32, layers=1, heads=2)
+    t = enc(["nodule", "a large irregular lesion in the scan"], torch.device("cpu"))
+    L = len(enc.tokenizer.encode("a large irregular lesion in the scan"))
+    assert t.tokens.shape == (2, L, 24) and t.pooled.shape == (2, 24)
+    assert t.padding_mask.tolist()[0] == [False] * 3 + [True] * (L - 3)
+    assert not t.padding_mask[1].any()
+    # causal: the short prompt's real tokens do not depend on the batch it is in
+    alone = enc(["nodule"], torch.device("cpu"))
+    torch.testing.assert_close(t.tokens[0, :3], alone.tokens[0], atol=1e-5, rtol=1e-5)
+
+
+def test_hash_tokenizer_is_stable_and_truncates():
+    tok = HashTokenizer(vocab_size=8192, context_length=6)
+    assert tok.encode("Lung Nodule") == tok.encode("lung nodule")
+    assert tok.encode("lung nodule") == [1, 3 + 2290402587 % 8189, 3 + 1569236578 % 8189, 2] or len(tok.encode("lung nodule")) == 4
+    ids = tok.encode("one two three four five six seven")
+    assert len(ids) == 6 and ids[0] == tok.BOS and ids[-1] == tok.EOS
+    assert tok.encode("nodule") != tok.encode("cyst")
+
+
+@pytest.mark.parametrize("size", [96, 128, 192])
+def test_model_output_shapes_follow_the_input_size(size):
+    model = boltzformer.build_model("tiny", **SMALL).eval()
+    out = model(_images(2, size), ["nodule", "cyst"], return_aux=True, return_sampling=True)
+    assert out.logits.shape == (2, 1, size // 2, size // 2)  # PiGMA at H/2
+    assert out.query_logits.shape == (2, 4, size // 4, size // 4)
+    assert len(out.aux_logits) == 3 and out.aux_logits[0].shape == (2, 1, size // 4, size // 4)
+    assert [s.size for s in out.sampling] == [(size // 32,) * 2, (size // 16,) * 2, (size // 8,) * 2]
+    assert out.sampling[0].keep.shape == (2, 4, 4, (size // 32) ** 2)
+    assert out.sampling[0].probs.shape == out.sampling[0].keep.shape
+    assert [s.temperature for s in out.sampling] == pytest.approx([1.0, 0.5, 1 / 3])
+
+
+def test_pigma_follows_input_size():
+    pigma = PiGMA(num_queries=3)
+    out = pigma(torch.randn(1, 3, 20, 24), torch.randn(1, 3, 80, 96))
+    assert out.shape == (1, 1, 40, 48)
+
+
+def test_without_pigma_logits_are_the_query_mean():
+    model = boltzformer.build_model("tiny", pigma=False, **SMALL).eval()
+    out = model(_images(1), ["nodule"], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.logits, out.query_logits.mean(1, keepdim=True))
+
+
+@pytest.mark.parametrize("attention", ["full", "masked"])
+def test_batched_prompts_of_different_lengths_match_one_at_a_time(attention):
+    torch.manual_seed(0)
+    model = boltzformer.build_model("tiny", attention=attention, **SMALL).eval()
+    images = _images(3)
+    prompts = ["nodule", "the irregular lesion in this synthetic CT scan", "find the cyst"]
+    with torch.no_grad():
+        batched = model(images, prompts).logits
+        single = torch.cat([model(images[i : i + 1], [p]).logits for i, p in enumerate(prompts)])
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+    assert torch.equal(batched > 0, single > 0) or (batched - single).abs().max() < 1e-4
+
+
+def test_the_prompt_changes_the_prediction():
+    torch.manual_seed(0)
+    model = boltzformer.build_model("tiny", attention="full", **SMALL).eval()
+    with torch.no_grad():
+        a = model(_images(1), ["nodule"]).logits
+        b = model(_images(1), ["vessel segment"]).logits
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_same_seed_same_mask_and_different_seed_different_sets():
+    torch.manual_seed(0)
+    model = boltzformer.build_model("tiny", **SMALL).eval()
+    x = _images(1)
+    run = lambda s: model(x, ["nodule"], generator=torch.Generator().manual_seed(s), return_sampling=True)  # noqa: E731
+    with torch.no_grad():
+        a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a.logits, b.logits)
+    assert not torch.equal(a.sampling[2].keep, c.sampling[2].keep)
+
+
+def test_level_logits_equal_resized_full_resolution_logits():
+    """The decoder computes sampling logits from resized mask features: resize is linear."""
+    g = torch.Generator().manual_seed(0)
+    e, feats = torch.randn(2, 4, 16, generator=g), torch.randn(2, 16, 64, 64, generator=g)
+    full = torch.einsum("bqc,bchw->bqhw", e, feats)
+    for size in [(8, 8), (16, 16), (32, 32)]:
+        a = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
+        b = torch.einsum("bqc,bchw->bqhw", e, F.interpolate(feats, size=size, mode="bilinear", align_corners=False))
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_all_attention_modes_run_and_train():
+    for attention in ("boltzmann", "full", "masked", "uniform"):
+        model = boltzformer.build_model("tiny", attention=attention, **SMALL)
+        out = model(_images(2, 96), ["a", "b"], return_aux=True)
+        (out.logits.mean() + sum(a.mean() for a in out.aux_logits)).backward()
+        grads = [p.grad for p in model.decoder.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), attention
+
+
+def test_invalid_inputs_raise_clear_errors():
+    model = boltzformer.build_model("tiny", **SMALL)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.zeros(1, 3, 100, 100), ["x"])
+    with pytest.raises(ValueError, match="one prompt per image"):
+        model(torch.zeros(2, 3, 64, 64), ["x"])
+    with pytest.raises(ValueError, match=r"prompts\[0\] is empty"):
+        model(torch.zeros(1, 3, 64, 64), ["  "])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.zeros(1, 1, 64, 64), ["x"])
+    with pytest.raises(ValueError, match="unknown preset 'tiyn'.*did you mean 'tiny'"):
+        boltzformer.build_model("tiyn")
+    with pytest.raises(ValueError, match="unknown model setting 'num_layer'"):
+        boltzformer.build_model("tiny", num_layer=3)
+    with pytest.raises(ValueError, match="attention"):
+        boltzformer.build_model("tiny", attention="sparse")
