@@ -52,6 +52,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps")
+    p.add_argument("--val-batches", type=int, default=None, help="validation batches per check (default: all)")
     p.add_argument("--no-deep-supervision", action="store_true", help="loss on the final prediction only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting, e.g. --set num_layers=9")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -117,6 +118,7 @@ def _train_configs(args: argparse.Namespace):
         tc.lr = args.lr
     if args.val_every is not None:
         tc.val_every = args.val_every
+    tc.val_batches = args.val_batches
     tc.deep_supervision = not args.no_deep_supervision
     tc.warmup_steps = min(tc.warmup_steps, max(1, tc.max_steps // 10))
     return model_cfg, tc

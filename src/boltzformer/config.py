@@ -127,6 +127,7 @@ class TrainConfig:
     accelerator: str = "auto"
     num_workers: int = 0
     val_every: int = 250  # validation every this many steps
+    val_batches: int | None = None  # validation batches per check (None: the whole split)
     seed: int = 0
 
 

@@ -256,17 +256,20 @@ def test_duplicate_ids(tmp_path):
         FolderDataset(root)
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated"])
-def test_corrupt_png_fails_lazily(tmp_path, kind):
+def test_non_image_file_fails_at_construction(tmp_path):
+    root = make_dataset(tmp_path / "d", size=(64, 64))
+    (root / "images/im1.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(DataError, match=r"images/im1\.png \(pair 'm1'.*is not a readable image"):
+        FolderDataset(root)
+
+
+def test_truncated_png_fails_lazily_naming_the_file(tmp_path):
     root = make_dataset(tmp_path / "d", size=(64, 64))
     path = root / "images/im1.png"
-    if kind == "garbage":
-        path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    else:
-        rng = np.random.default_rng(0)  # noise does not compress, so the cut lands in pixel data
-        _png(path, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    ds = FolderDataset(root)  # construction only checks that files exist
+    rng = np.random.default_rng(0)  # noise does not compress, so the cut lands in pixel data
+    _png(path, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    ds = FolderDataset(root)  # the header is intact: construction passes
     ds[0]
     with pytest.raises(DataError, match=r"image file .*images/im1\.png could not be read"):
         ds[1]
@@ -275,7 +278,9 @@ def test_corrupt_png_fails_lazily(tmp_path, kind):
 def test_mask_size_mismatch(tmp_path):
     root = make_dataset(tmp_path / "d")
     _png(root / "masks/m1.png", np.zeros((4, 6), np.uint8))
-    ds = FolderDataset(root)
+    with pytest.raises(DataError, match=r"mask masks/m1\.png is 4x6 but its image images/im1\.png is 8x8"):
+        FolderDataset(root)  # eager: headers are read at construction
+    ds = FolderDataset(root, verify=False)
     with pytest.raises(DataError, match=r"mask masks/m1\.png is 4x6 but its image images/im1\.png is 8x8"):
         ds[1]
 

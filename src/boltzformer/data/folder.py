@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
 from boltzformer.data.io import DataError, read_image, read_mask
@@ -202,6 +203,27 @@ def _parse_pairs(root: Path, raw_pairs: list) -> list[FolderPair]:
     return pairs
 
 
+def _size_mismatch(pair: FolderPair, root: Path, mask_hw: tuple, image_hw: tuple) -> DataError:
+    (mh, mw), (ih, iw) = mask_hw, image_hw
+    return DataError(
+        f"mask {pair.mask_rel} is {mh}x{mw} but its image {pair.image_rel} is {ih}x{iw} "
+        f"(pair {pair.id!r} in {root / META_FILE}); masks must have their image's HxW"
+    )
+
+
+def _check_sizes(pair: FolderPair, root: Path) -> None:
+    """Open the image and mask headers (no decoding) and compare their sizes."""
+    sizes = []
+    for path, rel in ((pair.image, pair.image_rel), (pair.mask, pair.mask_rel)):
+        try:
+            with Image.open(path) as im:
+                sizes.append((im.height, im.width))
+        except Exception as exc:  # PIL raises several kinds for non-images
+            raise DataError(f"{rel} (pair {pair.id!r} in {root / META_FILE}) is not a readable image: {exc}") from None
+    if sizes[0] != sizes[1]:
+        raise _size_mismatch(pair, root, sizes[1], sizes[0])
+
+
 class FolderDataset(Dataset):
     """One dataset folder (``images/``, ``masks/``, ``meta.json``) as a map-style dataset, optionally one split.
 
@@ -219,6 +241,8 @@ class FolderDataset(Dataset):
         val_fraction: about this fraction of pairs goes to val (see :func:`split_groups`).
         test_fraction: about this fraction of pairs goes to test.
         seed: selects the split; the same seed gives the same split on every machine.
+        verify: read every image's and mask's header now (not the pixels) and check that they open
+            and that their sizes agree, so that a bad file stops a run before it starts.
 
     Raises:
         DataError: ``root`` is not a directory; ``meta.json`` is missing, not JSON or has no ``"pairs"``;
@@ -240,6 +264,7 @@ class FolderDataset(Dataset):
         val_fraction: float = 0.15,
         test_fraction: float = 0.25,
         seed: int = 0,
+        verify: bool = True,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -270,6 +295,10 @@ class FolderDataset(Dataset):
                     f"test_fraction={test_fraction}; give it a positive fraction"
                 )
 
+        if verify:
+            for pair in self.pairs:
+                _check_sizes(pair, self.root)
+
     def __len__(self) -> int:
         return len(self.pairs)
 
@@ -288,11 +317,7 @@ class FolderDataset(Dataset):
         image = read_image(pair.image)  # (H, W, 3) uint8
         mask = read_mask(pair.mask)  # (H, W) bool
         if mask.shape != image.shape[:2]:
-            (mh, mw), (ih, iw) = mask.shape, image.shape[:2]
-            raise DataError(
-                f"mask {pair.mask_rel} is {mh}x{mw} but its image {pair.image_rel} is {ih}x{iw} "
-                f"(pair {pair.id!r} in {self.root / META_FILE}); masks must have their image's HxW"
-            )
+            raise _size_mismatch(pair, self.root, mask.shape, image.shape[:2])
         H, W = mask.shape
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()  # HxWx3 -> 3xHxW
         mask_t = torch.from_numpy(mask).float()[None]  # HxW -> 1xHxW

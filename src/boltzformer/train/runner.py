@@ -117,6 +117,7 @@ def run_training(job: TrainJob) -> Path:
         precision=_PRECISION[tc.precision],
         gradient_clip_val=tc.grad_clip or None,
         val_check_interval=val_every,
+        limit_val_batches=tc.val_batches if tc.val_batches is not None else 1.0,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         logger=CSVLogger(save_dir=out, name="logs", version=""),

@@ -1,0 +1,151 @@
+"""The command line round trip (train -> evaluate -> predict) and every error path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from boltzformer.cli import main
+
+MICRO = ["--max-steps", "2", "--batch-size", "2", "--val-every", "2", "--val-batches", "1", "--image-size", "64",
+         "--set", "num_layers=3", "--set", "num_queries=4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", "synthetic", "--out", str(out), *MICRO]) == 0
+    return out
+
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_train_writes_checkpoint_config_and_logs(run_dir):
+    assert (run_dir / "last.ckpt").is_file()
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["model"]["image_size"] == 64 and cfg["model"]["decoder"]["num_layers"] == 3
+    assert cfg["train"]["max_steps"] == 2
+    assert (run_dir / "logs" / "metrics.csv").is_file()
+    ckpt = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["boltzformer"]["format"] == 1
+
+
+def test_resume_continues_the_run(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "resumed"
+    shutil.copytree(run_dir, run)
+    assert main(["train", "--data", "synthetic", "--out", str(run), *MICRO[:-1], "--max-steps", "4", "--resume", "--quiet"]) == 0
+    assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
+
+
+def test_train_refuses_to_overwrite_a_run(run_dir, capsys):
+    assert main(["train", "--data", "synthetic", "--out", str(run_dir), *MICRO]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_evaluate_writes_json_and_markdown(run_dir, tmp_path):
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "--checkpoint", str(run_dir / "last.ckpt"), "--data", "synthetic", "--out", str(out), "--limit", "6"]) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == 6
+    assert set(report["dice_by_size"]) == {"tiny", "small", "large"}
+    assert 0.0 <= report["dice"] <= 1.0 and 0.0 <= report["failure_rate"] <= 1.0
+    assert "| overall | 6 |" in out.with_suffix(".md").read_text()
+
+
+def test_evaluate_is_reproducible_with_a_seed(run_dir, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for out in (a, b):
+        main(["evaluate", "--checkpoint", str(run_dir / "last.ckpt"), "--data", "synthetic", "--out", str(out), "--limit", "4", "--seed", "3"])
+    assert json.loads(a.read_text())["samples"] == json.loads(b.read_text())["samples"]
+
+
+def test_predict_writes_a_mask_of_the_input_size_and_an_overlay(run_dir, tmp_path):
+    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((150, 97)) * 255).astype(np.uint8))
+    out = tmp_path / "out" / "mask.png"
+    assert main(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "nodule", "--out", str(out)]) == 0
+    mask = np.array(Image.open(out))
+    assert mask.shape == (150, 97) and set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "out" / "mask_overlay.png").is_file()
+    # the same seed gives the same mask
+    out2 = tmp_path / "out" / "mask2.png"
+    main(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "nodule", "--out", str(out2)])
+    assert np.array_equal(mask, np.array(Image.open(out2)))
+
+
+def _fails(argv, capsys, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_error_unknown_preset(tmp_path, capsys):
+    _fails(["train", "--data", "synthetic", "--out", str(tmp_path / "r"), "--preset", "tiyn"], capsys, "unknown preset 'tiyn'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_error_missing_data_folder(tmp_path, capsys):
+    _fails(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], capsys, str(tmp_path / "nope"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_error_image_mask_size_mismatch(tmp_path, capsys):
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    pairs = []
+    for i in range(4):
+        _png(root / f"images/i{i}.png", np.zeros((32, 32, 3), np.uint8))
+        _png(root / f"masks/m{i}.png", np.zeros((32, 16) if i == 2 else (32, 32), np.uint8))
+        pairs.append({"id": f"m{i}", "image": f"images/i{i}.png", "mask": f"masks/m{i}.png", "prompt": "x"})
+    (root / "meta.json").write_text(json.dumps({"pairs": pairs}))
+    _fails(["train", "--data", str(root), "--out", str(tmp_path / "r"), *MICRO], capsys, "masks/m2.png is 32x16")
+    assert not (tmp_path / "r").exists()
+
+
+def test_error_empty_prompt_writes_nothing(run_dir, tmp_path, capsys):
+    image = _png(tmp_path / "scan.png", np.zeros((64, 64), np.uint8))
+    _fails(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", " ", "--out", str(tmp_path / "m.png")],
+           capsys, "--prompt", "empty")
+    assert list(tmp_path.iterdir()) == [image]
+
+
+def test_error_missing_and_unreadable_image(run_dir, tmp_path, capsys):
+    _fails(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(tmp_path / "no.png"), "--prompt", "x",
+            "--out", str(tmp_path / "m.png")], capsys, "no.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    _fails(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(bad), "--prompt", "x",
+            "--out", str(tmp_path / "m.png")], capsys, "bad.png")
+    assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["foreign", "truncated", "missing"])
+def test_error_checkpoint_that_is_not_ours(run_dir, tmp_path, capsys, kind):
+    ckpt = tmp_path / "model.ckpt"
+    if kind == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, ckpt)
+        needle = "not a boltzformer checkpoint"
+    elif kind == "truncated":
+        data = (run_dir / "last.ckpt").read_bytes()
+        ckpt.write_bytes(data[: len(data) // 3])
+        needle = "could not be read"
+    else:
+        needle = "does not exist"
+    image = _png(tmp_path / "scan.png", np.zeros((64, 64), np.uint8))
+    _fails(["predict", "--checkpoint", str(ckpt), "--image", str(image), "--prompt", "x", "--out", str(tmp_path / "m.png")],
+           capsys, str(ckpt), needle)
+    assert not (tmp_path / "m.png").exists()
+    _fails(["evaluate", "--checkpoint", str(ckpt), "--data", "synthetic", "--out", str(tmp_path / "r.json")], capsys, needle)
+    assert not (tmp_path / "r.json").exists()

@@ -1,0 +1,66 @@
+"""Training: the loss, overfitting a few images, two-process CPU DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import boltzformer
+from boltzformer.data.synthetic import SyntheticConfig, SyntheticDataset
+from boltzformer.train.module import SegmentationLoss
+
+
+def test_loss_is_dice_plus_bce_on_the_resized_prediction():
+    loss = SegmentationLoss()
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:8, 4:8] = 1
+    perfect = (target * 2 - 1) * 50  # logits at half resolution: resized to the target
+    assert loss(perfect[..., ::2, ::2].repeat_interleave(2, -1).repeat_interleave(2, -2), target) < 0.01
+    wrong = -perfect
+    assert loss(wrong, target) > 1.5
+    # squared denominators: Dice term of p = 0.5 everywhere is 1 - 2*0.5*16 / (0.25*256 + 16)
+    half = torch.zeros(1, 1, 16, 16)
+    dice_term = 1 - (2 * 0.5 * 16 + 1e-5) / (0.25 * 256 + 16 + 1e-5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(half, target[:1])
+    assert loss(half, target[:1]).item() == pytest.approx(dice_term + bce.item(), rel=1e-5)
+
+
+def test_a_tiny_model_overfits_four_images():
+    torch.manual_seed(0)
+    ds = SyntheticDataset("train", SyntheticConfig(image_size=64, n_train=4))
+    batch = [ds[i] for i in range(4)]
+    images = torch.stack([b["image"] for b in batch])
+    masks = torch.stack([b["mask"] for b in batch])
+    prompts = [b["prompt"] for b in batch]
+    model = boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4, attention="full")
+    loss_fn = SegmentationLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(120):
+        loss = loss_fn(model(images, prompts).logits, masks)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert min(losses[-5:]) < losses[0] / 4, (losses[0], losses[-5:])
+
+
+def test_two_process_cpu_ddp(tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "boltzformer.cli", "train", "--data", "synthetic", "--out", str(out), "--devices", "2",
+           "--accelerator", "cpu", "--max-steps", "2", "--batch-size", "2", "--val-every", "2", "--val-batches", "1",
+           "--image-size", "64", "--set", "num_layers=3", "--quiet"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr + result.stdout
+    ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    model = boltzformer.checkpoint.load_checkpoint(out / "last.ckpt") if hasattr(boltzformer, "checkpoint") else None
+    from boltzformer.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "last.ckpt").config.image_size == 64
