@@ -9,14 +9,20 @@ Public API::
     mask = boltzformer.Predictor(model).predict(image, "lung nodule in CT scan")
 """
 
+from boltzformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, get_preset
 from boltzformer.model import BoltzFormer, BoltzFormerOutput, build_model
+from boltzformer.predict import Predictor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BoltzFormer",
     "BoltzFormerOutput",
+    "CheckpointError",
+    "Predictor",
+    "load_checkpoint",
+    "save_checkpoint",
     "ModelConfig",
     "TrainConfig",
     "build_model",

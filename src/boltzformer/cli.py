@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 __all__ = ["main"]
 
-DEMO_STEPS = 700
+DEMO_STEPS = 1000
 
 
 def _parse_value(text: str) -> Any:

@@ -42,7 +42,7 @@ def _save_examples(model, dataset, out: Path, n: int, seed: int) -> list[Path]:
     return list(paths)
 
 
-def run_demo(out: Path, *, max_steps: int = 700, seed: int = 0, n_test: int | None = None, progress: bool = True) -> dict:
+def run_demo(out: Path, *, max_steps: int = 1000, seed: int = 0, n_test: int | None = None, progress: bool = True) -> dict:
     """Run the demo into ``out``; returns the test report."""
     out = Path(out)
     run_dir = out / "run"

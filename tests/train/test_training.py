@@ -60,7 +60,15 @@ def test_two_process_cpu_ddp(tmp_path):
     assert "distributed_backend=gloo" in result.stderr + result.stdout
     ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
-    model = boltzformer.checkpoint.load_checkpoint(out / "last.ckpt") if hasattr(boltzformer, "checkpoint") else None
-    from boltzformer.checkpoint import load_checkpoint
+    assert boltzformer.load_checkpoint(out / "last.ckpt").config.image_size == 64
 
-    assert load_checkpoint(out / "last.ckpt").config.image_size == 64
+
+def test_bf16_precision_trains(tmp_path):
+    from boltzformer.cli import main
+
+    argv = ["train", "--data", "synthetic", "--out", str(tmp_path / "bf16"), "--precision", "bf16", "--max-steps", "1",
+            "--batch-size", "2", "--val-every", "1", "--val-batches", "1", "--image-size", "64", "--set", "num_layers=3", "--quiet"]
+    assert main(argv) == 0
+    ckpt = torch.load(tmp_path / "bf16" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 1
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -86,9 +86,9 @@ def run_training(job: TrainJob) -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
     if not job.resume and last.exists():
         raise FileExistsError(f"{out} already holds a run (last.ckpt); use --resume to continue it or another --out")
-    out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(tc.seed, workers=True, verbose=False)
-    train_dl, val_dl = _loaders(job)
+    train_dl, val_dl = _loaders(job)  # checks the data before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         {
             "model": config_to_dict(job.model),
@@ -128,4 +128,6 @@ def run_training(job: TrainJob) -> Path:
         deterministic=False,
     )
     trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if job.resume else None)
+    # the final state, whether or not the last step fell on a validation
+    trainer.save_checkpoint(last)
     return last

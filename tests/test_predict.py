@@ -1,0 +1,70 @@
+"""The Python API: build, save, load, predict on numpy images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import boltzformer
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4).eval()
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(model, tmp_path):
+    path = boltzformer.save_checkpoint(model, tmp_path / "m.pt")
+    loaded = boltzformer.load_checkpoint(path)
+    assert loaded.config == model.config
+    x = torch.rand(1, 3, 64, 64) * 255
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, ["cyst"], generator=g()).logits, loaded(x, ["cyst"], generator=g()).logits)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_checkpoint_rejects_a_file_that_does_not_fit(model, tmp_path):
+    path = boltzformer.save_checkpoint(model, tmp_path / "m.pt")
+    data = torch.load(path, weights_only=True)
+    data["boltzformer"]["model_config"]["decoder"]["hidden_dim"] = 32
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(boltzformer.CheckpointError, match="does not fit"):
+        boltzformer.load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("shape,dtype", [((90, 130), np.uint8), ((64, 64, 3), np.uint8), ((70, 50), np.uint16), ((40, 40), np.float32)])
+def test_predictor_returns_a_mask_of_the_input_size(model, shape, dtype):
+    rng = np.random.default_rng(0)
+    image = (rng.random(shape) * (255 if dtype != np.uint16 else 4000)).astype(dtype)
+    predictor = boltzformer.Predictor(model)
+    mask = predictor.predict(image, "nodule")
+    assert mask.shape == shape[:2] and mask.dtype == bool
+    prob = predictor.predict_proba(image, "nodule")
+    assert prob.shape == shape[:2] and 0 <= prob.min() <= prob.max() <= 1
+    assert np.array_equal(mask, prob > 0.5)
+
+
+def test_predictor_caches_the_image_and_is_seeded(model):
+    image = (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)
+    predictor = boltzformer.Predictor(model, seed=3)
+    predictor.set_image(image)
+    a = predictor.predict_proba(None, "nodule")
+    b = predictor.predict_proba(image, "nodule")
+    assert np.array_equal(a, b)
+    other = boltzformer.Predictor(model, seed=4).predict_proba(image, "nodule")
+    assert not np.array_equal(a, other)  # another seed draws other attention sets
+
+
+def test_predictor_errors(model):
+    predictor = boltzformer.Predictor(model)
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict(None, "nodule")
+    with pytest.raises(ValueError, match="prompt"):
+        predictor.predict(np.zeros((8, 8), np.uint8), "")
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(H, W, 3\)"):
+        predictor.predict(np.zeros((2, 8, 8, 3), np.uint8), "x")
+    with pytest.raises(ValueError, match="threshold"):
+        boltzformer.Predictor(model, threshold=1.5)
