@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MultiHeadAttention"]
+__all__ = ["MultiHeadAttention", "sampled_attention"]
 
 
 class MultiHeadAttention(nn.Module):
@@ -103,21 +103,30 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (B, Q, C), equal to :meth:`forward` with ``keep`` the set of valid indices.
         """
-        B, N, C = key.shape
-        H, d = self.num_heads, self.head_dim
-        n = indices.shape[-1]
         q = self._project(query, 0)  # B x H x Q x d
         k = self._project(key, 1)  # B x H x N x d
         v = self._project(value, 2)
-        Q = q.shape[2]
-        # flat row index of every drawn token in (B*H*N, d): gather K and V rows only there
-        base = torch.arange(B * H, device=indices.device).view(B, H, 1, 1) * N
-        flat = (indices + base).reshape(-1)  # B*H*Q*n
-        k_s = k.reshape(B * H * N, d).index_select(0, flat).view(B, H, Q, n, d)
-        v_s = v.reshape(B * H * N, d).index_select(0, flat).view(B, H, Q, n, d)
-        # scores: B x H x Q x n
-        scores = torch.einsum("bhqd,bhqnd->bhqn", q, k_s) * (1.0 / math.sqrt(d))
-        scores = scores.masked_fill(~valid, float("-inf"))
-        attn = torch.softmax(scores, dim=-1)
-        out = torch.einsum("bhqn,bhqnd->bhqd", attn, v_s)
-        return self._merge(out)
+        return self._merge(sampled_attention(q, k, v, indices=indices, valid=valid))
+
+
+def sampled_attention(q: Tensor, k: Tensor, v: Tensor, *, indices: Tensor, valid: Tensor) -> Tensor:
+    """Scaled dot-product attention of each (batch, head, query) over the keys at ``indices``.
+
+    Args:
+        q: (B, H, Q, d); k, v: (B, H, N, d), already projected.
+        indices: int64 (B, H, Q, n) into N; valid: bool (B, H, Q, n), False on repeats.
+
+    Returns:
+        (B, H, Q, d). Only the n drawn keys and values are gathered: the scores and the weighted
+        sum cost O(Q n d) instead of O(Q N d).
+    """
+    B, H, N, d = k.shape
+    Q, n = indices.shape[-2:]
+    # flat row index of every drawn token in (B*H*N, d): gather K and V rows only there
+    base = torch.arange(B * H, device=indices.device).view(B, H, 1, 1) * N
+    flat = (indices + base).reshape(-1)  # B*H*Q*n
+    k_s = k.reshape(B * H * N, d).index_select(0, flat).view(B, H, Q, n, d)
+    v_s = v.reshape(B * H * N, d).index_select(0, flat).view(B, H, Q, n, d)
+    scores = torch.einsum("bhqd,bhqnd->bhqn", q, k_s) * (1.0 / math.sqrt(d))  # B x H x Q x n
+    attn = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
+    return torch.einsum("bhqn,bhqnd->bhqd", attn, v_s)
