@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--json", required=True, help="results JSON")
     args = p.parse_args()
@@ -43,7 +44,8 @@ def main() -> None:
     tc = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      val_every=max(1, args.max_steps // 4), warmup_steps=min(50, args.max_steps // 10 or 1))
     t0 = time.perf_counter()
-    last = run_training(TrainJob(model=model_cfg, train=tc, data=args.data, out=Path(args.out), data_seed=args.seed))
+    last = run_training(TrainJob(model=model_cfg, train=tc, data=args.data, out=Path(args.out), data_seed=args.seed,
+                                  init=Path(args.init) if args.init else None))
     train_s = time.perf_counter() - t0
     model = load_checkpoint(last)
     rows, results = [], {}
@@ -56,7 +58,7 @@ def main() -> None:
     cols = ["split", "n", "dice", "dice tiny", "n tiny", "dice small", "n small", "dice large", "n large", "failure rate"]
     print(table(rows, cols))
     write_json({"machine": machine(), "data": args.data, "preset": args.preset, "image_size": model_cfg.image_size,
-                "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                "max_steps": args.max_steps, "init": args.init, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                 "train_seconds": round(train_s, 1), "results": results}, args.json)
 
 

@@ -46,6 +46,17 @@ def test_resume_continues_the_run(run_dir, tmp_path):
     assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
 
 
+def test_init_fine_tunes_from_a_checkpoint(run_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(["train", "--data", "synthetic", "--out", str(out), *MICRO, "--init", str(run_dir / "last.ckpt")]) == 0
+    assert torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
+    # weights of another size do not fit: one clear error, no run folder
+    bad = tmp_path / "bad"
+    _fails(["train", "--data", "synthetic", "--out", str(bad), *MICRO, "--set", "hidden_dim=32", "--init", str(run_dir / "last.ckpt")],
+           capsys, "does not fit the model being trained")
+    assert not bad.exists()
+
+
 def test_train_refuses_to_overwrite_a_run(run_dir, capsys):
     assert main(["train", "--data", "synthetic", "--out", str(run_dir), *MICRO]) == 2
     assert "--resume" in capsys.readouterr().err

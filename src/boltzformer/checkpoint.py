@@ -10,12 +10,12 @@ checking: a file that is not one of ours, or does not fit, is a :class:`Checkpoi
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from boltzformer.atomic import atomic_paths
 from boltzformer.config import ModelConfig, config_from_dict, config_to_dict
 from boltzformer.model import BoltzFormer, build_model
 
@@ -37,18 +37,10 @@ def checkpoint_metadata(model: BoltzFormer) -> dict[str, Any]:
 
 def save_checkpoint(model: BoltzFormer, path: str | os.PathLike, **extra: Any) -> Path:
     """Write the model's weights and config to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {_KEY: checkpoint_metadata(model), "state_dict": model.state_dict(), **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_paths(path) as (tmp,):
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def _read(path: Path) -> dict[str, Any]:

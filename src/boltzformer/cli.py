@@ -7,9 +7,7 @@ argument, exit code 2, and nothing half-written (outputs go to a temporary name,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="'synthetic' or dataset folder(s), comma-separated")
     p.add_argument("--out", required=True, help="run folder: last.ckpt, best.ckpt, config.json, logs/")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning; same preset and sizes)")
     _add_train_args(p)
 
     p = sub.add_parser("evaluate", help="Dice by target size on a data split")
@@ -139,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model_cfg, tc = _train_configs(args)
     last = run_training(
         TrainJob(model=model_cfg, train=tc, data=args.data, out=Path(args.out), data_seed=args.data_seed,
-                 resume=args.resume, progress=not args.quiet)
+                 resume=args.resume, init=Path(args.init) if args.init else None, progress=not args.quiet)
     )
     print(f"checkpoint: {last}")
     return 0
@@ -167,20 +166,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _save_png_atomic(images: dict[Path, Any]) -> None:
     """Write PIL images to their paths: all to temporary names first, then rename them all."""
-    temps = []
-    try:
-        for path, img in images.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            temps.append((tmp, path))
+    from boltzformer.atomic import atomic_paths
+
+    with atomic_paths(*images) as temps:
+        for tmp, img in zip(temps, images.values()):
             img.save(tmp, format="PNG")
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -16,7 +16,8 @@ import numpy as np
 from boltzformer.config import TrainConfig, get_preset
 from boltzformer.data.synthetic import SyntheticConfig, SyntheticDataset
 from boltzformer.evaluate import evaluate_model, report_to_markdown, write_report
-from boltzformer.train.runner import TrainJob, run_training, write_json_atomic
+from boltzformer.atomic import write_json_atomic
+from boltzformer.train.runner import TrainJob, run_training
 
 __all__ = ["run_demo"]
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from boltzformer.atomic import atomic_paths
 
 __all__ = [
     "SIZE_BUCKETS",
@@ -304,21 +305,6 @@ def report_to_markdown(report: dict[str, Any], *, title: str | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_report(
     report: dict[str, Any], path_json: str | os.PathLike, *, title: str | None = None
 ) -> tuple[Path, Path]:
@@ -341,8 +327,9 @@ def write_report(
     text_json = json.dumps(report, indent=2) + "\n"  # fails before anything is written
     text_md = report_to_markdown(report, title=title)
     path_json.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path_json, text_json)
-    _write_atomic(path_md, text_md)
+    with atomic_paths(path_json, path_md) as (tmp_json, tmp_md):
+        tmp_json.write_text(text_json, encoding="utf-8")
+        tmp_md.write_text(text_md, encoding="utf-8")
     return path_json, path_md
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
 from boltzformer.transforms import resize_mask_to_input, to_model_input
@@ -43,40 +44,63 @@ def open_dataset(
         counts = synthetic_counts or {}
         cfg = SyntheticConfig(image_size=synthetic_size, seed=seed, **counts)
         return SyntheticDataset(split, cfg)
+    if SYNTHETIC in paths:
+        raise ValueError("'synthetic' cannot be mixed with dataset folders in --data")
     from boltzformer.data.folder import FolderDataset
 
-    datasets = []
-    for p in paths:
-        if p == SYNTHETIC:
-            raise ValueError("'synthetic' cannot be mixed with dataset folders in --data")
-        datasets.append(FolderDataset(Path(p), split=split, seed=seed))
+    datasets = [FolderDataset(Path(p), split=split, seed=seed) for p in paths]
     return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
 
+def _crop_around_target(image: Tensor, mask: Tensor, min_scale: float) -> tuple[Tensor, Tensor]:
+    """A random square crop of side in [min_scale, 1] x the shorter side that keeps the whole target."""
+    _, H, W = image.shape
+    side = min(H, W)
+    ys, xs = torch.nonzero(mask[0] > 0, as_tuple=True)
+    if len(ys):
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    else:
+        y0, y1, x0, x1 = 0, 0, 0, 0
+    lo = max(int(side * min_scale), y1 - y0, x1 - x0, 1)
+    c = int(lo + torch.randint(0, side - lo + 1, ()).item()) if side > lo else side
+    # top-left corners that keep the target box inside the crop
+    top = int(torch.randint(max(0, y1 - c), min(y0, H - c) + 1, ()).item()) if len(ys) else int(torch.randint(0, H - c + 1, ()).item())
+    left = int(torch.randint(max(0, x1 - c), min(x0, W - c) + 1, ()).item()) if len(ys) else int(torch.randint(0, W - c + 1, ()).item())
+    return image[:, top : top + c, left : left + c], mask[:, top : top + c, left : left + c]
+
+
 class ModelInputDataset(Dataset):
-    """Pads each sample to a square and resizes it to ``image_size``; optional random flips.
+    """Pads each sample to a square and resizes it to ``image_size``; optional augmentation.
 
     Items: {"image": (3, S, S) 0-255, "mask": (1, S, S) in [0, 1] (soft where resized), "prompt",
-    "id"}. Flips (not for prompts that name a side) use torch's global generator, which Lightning's ``seed_everything(workers=True)``
-    seeds in every worker, so a run is reproducible from its seed.
+    "id"}. Augmentation, for training: a random square crop that keeps the whole target (zoom up to
+    1 / ``min_crop``), flips (not for prompts that name a side: "left kidney" must stay left) and a
+    small brightness / contrast change. It draws from torch's global generator, which Lightning's
+    ``seed_everything(workers=True)`` seeds in every worker, so a run is reproducible from its seed.
     """
 
-    def __init__(self, base: Dataset, image_size: int, *, augment: bool = False) -> None:
+    def __init__(self, base: Dataset, image_size: int, *, augment: bool = False, min_crop: float = 0.6) -> None:
         self.base = base
         self.image_size = image_size
         self.augment = augment
+        self.min_crop = min_crop
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.base[index]
-        image, geom = to_model_input(s["image"], self.image_size)
-        mask = resize_mask_to_input(s["mask"], geom)
-        # no flips where the prompt names a side: "left kidney" must stay left
-        if self.augment and not _LATERAL.search(s["prompt"]):
-            flips = torch.rand(2) < 0.5
-            dims = [d for d, f in zip((-1, -2), flips.tolist()) if f]
-            if dims:
-                image, mask = image.flip(dims), mask.flip(dims)
+        image, mask = s["image"], s["mask"]
+        if self.augment:
+            image, mask = _crop_around_target(image, mask, self.min_crop)
+        image, geom = to_model_input(image, self.image_size)
+        mask = resize_mask_to_input(mask, geom)
+        if self.augment:
+            if not _LATERAL.search(s["prompt"]):
+                flips = torch.rand(2) < 0.5
+                dims = [d for d, f in zip((-1, -2), flips.tolist()) if f]
+                if dims:
+                    image, mask = image.flip(dims), mask.flip(dims)
+            gain, shift = 1 + 0.3 * (torch.rand(()) - 0.5), 30 * (torch.rand(()) - 0.5)
+            image = (image * gain + shift).clamp(0, 255)
         return {"image": image.contiguous(), "mask": mask.contiguous(), "prompt": s["prompt"], "id": s["id"]}

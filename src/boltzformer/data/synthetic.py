@@ -166,7 +166,6 @@ class SyntheticDataset(Dataset):
         if not 0 <= index < self._length:
             raise IndexError(f"index out of range for the {self._length} items of the {self.split!r} split")
         image, mask, meta = _generate(self.config, SPLIT_CODES[self.split], index)
-        s = self.config.image_size
         return {
             "image": torch.from_numpy(np.repeat(image[None], 3, axis=0)),  # HxW -> 3xHxW
             "mask": torch.from_numpy(mask)[None],  # HxW -> 1xHxW
@@ -396,7 +395,7 @@ def _build_shape(rng: np.random.Generator, kind: str, k: int, s: int) -> _Shape:
     if kind in ("nodule", "cyst"):
         aspect = rng.uniform(1.0, 1.25) if kind == "nodule" else rng.uniform(1.0, 1.8)
         a, b = r * math.sqrt(aspect), r / math.sqrt(aspect)
-        half, extent = int(math.ceil(a * 1.3)) + 3, None
+        half = int(math.ceil(a * 1.3)) + 3
         def field(v, u):  # noqa: E306 - 1 inside the centre, 0 on the ellipse of area k
             p, q = u * ca + v * sa, -u * sa + v * ca
             return 1.0 - np.sqrt((p / a) ** 2 + (q / b) ** 2)

@@ -145,7 +145,6 @@ class BoltzmannDecoder(nn.Module):
             raise ValueError(f"expected {NUM_LEVELS} multi-scale maps, got {len(multi_scale)}")
         B = mask_features.shape[0]
         Q, C = self.num_queries, self.hidden_dim
-        L = text.tokens.shape[1]
 
         src, pos, level_features, sizes = [], [], [], []
         for i, x in enumerate(multi_scale):

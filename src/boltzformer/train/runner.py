@@ -7,12 +7,9 @@ bar shows the steps left and an estimate of the time left. ``--devices N`` uses 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import lightning as L
 import torch
@@ -20,29 +17,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, RandomSampler
 
+from boltzformer.atomic import write_json_atomic
+from boltzformer.checkpoint import CheckpointError, load_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, config_to_dict
 from boltzformer.data.loading import ModelInputDataset, open_dataset
 from boltzformer.train.module import BoltzFormerModule
 
-__all__ = ["TrainJob", "run_training", "write_json_atomic"]
+__all__ = ["TrainJob", "run_training"]
 
 _PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 @dataclass
@@ -54,6 +37,7 @@ class TrainJob:
     data_seed: int = 0
     synthetic_counts: dict[str, int] | None = None
     resume: bool = False
+    init: Path | None = None  # start from these weights (fine-tuning); same architecture
     progress: bool = True
 
 
@@ -75,6 +59,17 @@ def _loaders(job: TrainJob) -> tuple[DataLoader, DataLoader]:
     return train_dl, val_dl
 
 
+def _load_initial_weights(module: BoltzFormerModule, path: Path) -> None:
+    source = load_checkpoint(path)
+    try:
+        module.model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"--init {path} does not fit the model being trained ({str(exc).splitlines()[-1].strip()}); "
+            "train with the same preset and sizes as that checkpoint"
+        ) from None
+
+
 def run_training(job: TrainJob) -> Path:
     """Train; returns the path of ``last.ckpt`` in ``job.out``."""
     tc = job.train
@@ -88,6 +83,9 @@ def run_training(job: TrainJob) -> Path:
         raise FileExistsError(f"{out} already holds a run (last.ckpt); use --resume to continue it or another --out")
     L.seed_everything(tc.seed, workers=True, verbose=False)
     train_dl, val_dl = _loaders(job)  # checks the data before anything is written
+    module = BoltzFormerModule.create(job.model, tc)
+    if job.init is not None and not job.resume:
+        _load_initial_weights(module, Path(job.init))
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         {
@@ -99,7 +97,6 @@ def run_training(job: TrainJob) -> Path:
         },
         out / "config.json",
     )
-    module = BoltzFormerModule.create(job.model, tc)
     checkpoint = ModelCheckpoint(
         dirpath=out, filename="best", monitor="val/dice", mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False
     )
@@ -129,5 +126,5 @@ def run_training(job: TrainJob) -> Path:
     )
     trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if job.resume else None)
     # the final state, whether or not the last step fell on a validation
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)  # with optimiser state, for --resume
     return last
