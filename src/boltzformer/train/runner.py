@@ -21,6 +21,7 @@ from boltzformer.atomic import write_json_atomic
 from boltzformer.checkpoint import CheckpointError, load_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, config_to_dict
 from boltzformer.data.loading import ModelInputDataset, open_dataset
+from boltzformer.data.synthetic import SyntheticDataset
 from boltzformer.train.module import BoltzFormerModule
 
 __all__ = ["TrainJob", "run_training"]
@@ -45,7 +46,9 @@ def _loaders(job: TrainJob) -> tuple[DataLoader, DataLoader]:
     tc = job.train
     size = job.model.image_size
     kwargs = {"seed": job.data_seed, "synthetic_size": size, "synthetic_counts": job.synthetic_counts}
-    train_ds = ModelInputDataset(open_dataset(job.data, "train", **kwargs), size, augment=True)
+    train_base = open_dataset(job.data, "train", **kwargs)
+    # the synthetic benchmark draws new images from its generator: augmentation is for real data
+    train_ds = ModelInputDataset(train_base, size, augment=not isinstance(train_base, SyntheticDataset))
     val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size)
     sampler = RandomSampler(
         train_ds,
