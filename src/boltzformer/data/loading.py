@@ -77,9 +77,12 @@ class ModelInputDataset(Dataset):
     1 / ``min_crop``), flips (not for prompts that name a side: "left kidney" must stay left) and a
     small brightness / contrast change. It draws from torch's global generator, which Lightning's
     ``seed_everything(workers=True)`` seeds in every worker, so a run is reproducible from its seed.
+    ``augment="flips"`` does the flips only.
     """
 
-    def __init__(self, base: Dataset, image_size: int, *, augment: bool = False, min_crop: float = 0.6) -> None:
+    def __init__(self, base: Dataset, image_size: int, *, augment: bool | str = False, min_crop: float = 0.6) -> None:
+        if augment not in (False, True, "flips"):
+            raise ValueError(f"augment must be False, True or 'flips', got {augment!r}")
         self.base = base
         self.image_size = image_size
         self.augment = augment
@@ -91,7 +94,7 @@ class ModelInputDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.base[index]
         image, mask = s["image"], s["mask"]
-        if self.augment:
+        if self.augment is True:
             image, mask = _crop_around_target(image, mask, self.min_crop)
         image, geom = to_model_input(image, self.image_size)
         mask = resize_mask_to_input(mask, geom)
@@ -101,6 +104,7 @@ class ModelInputDataset(Dataset):
                 dims = [d for d, f in zip((-1, -2), flips.tolist()) if f]
                 if dims:
                     image, mask = image.flip(dims), mask.flip(dims)
+        if self.augment is True:
             gain, shift = 1 + 0.3 * (torch.rand(()) - 0.5), 30 * (torch.rand(()) - 0.5)
             image = (image * gain + shift).clamp(0, 255)
         return {"image": image.contiguous(), "mask": mask.contiguous(), "prompt": s["prompt"], "id": s["id"]}

@@ -47,8 +47,9 @@ def _loaders(job: TrainJob) -> tuple[DataLoader, DataLoader]:
     size = job.model.image_size
     kwargs = {"seed": job.data_seed, "synthetic_size": size, "synthetic_counts": job.synthetic_counts}
     train_base = open_dataset(job.data, "train", **kwargs)
-    # the synthetic benchmark draws new images from its generator: augmentation is for real data
-    train_ds = ModelInputDataset(train_base, size, augment=not isinstance(train_base, SyntheticDataset))
+    # the synthetic benchmark draws new images from its generator and places its objects anywhere:
+    # flips are enough there; real data gets crops and intensity changes too
+    train_ds = ModelInputDataset(train_base, size, augment="flips" if isinstance(train_base, SyntheticDataset) else True)
     val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size)
     sampler = RandomSampler(
         train_ds,
