@@ -54,3 +54,15 @@ def test_open_dataset_errors(tmp_path):
         open_dataset("", "train")
     with pytest.raises(ValueError, match="cannot be mixed"):
         open_dataset(f"{tmp_path},synthetic", "train")
+
+
+def test_flips_mode_keeps_intensities_and_the_target_area():
+    torch.manual_seed(0)
+    base = SyntheticDataset("train")
+    ds = ModelInputDataset(base, 256, augment="flips")
+    for i in range(6):
+        item, raw = ds[i], base[i]
+        assert item["mask"].sum() == raw["mask"].sum()
+        assert torch.equal(item["image"].flatten().sort().values, raw["image"].flatten().sort().values)  # flipped at most
+    with pytest.raises(ValueError, match="augment"):
+        ModelInputDataset(base, 64, augment="rotate")
