@@ -60,6 +60,8 @@ class TextConfig:
     width: int = 64
     layers: int = 2
     heads: int = 4
+    activation: str = "gelu"  # "gelu", or "quick_gelu" as in the reference code's text transformer
+    ln_eps: float = 1e-5  # the reference code's text transformer uses 1e-12
 
 
 @dataclass

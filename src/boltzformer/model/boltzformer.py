@@ -205,6 +205,8 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         width=tc.width,
         layers=tc.layers,
         heads=tc.heads,
+        activation=tc.activation,
+        ln_eps=tc.ln_eps,
     )
     sampler = BoltzmannSampler(
         mode=dc.attention, ratio=dc.sample_ratio, base_temperature=dc.base_temperature, threshold=dc.threshold

@@ -101,25 +101,34 @@ class TextEncoder(nn.Module):
         raise NotImplementedError
 
 
+def quick_gelu(x: Tensor) -> Tensor:
+    """CLIP's GELU approximation ``x * sigmoid(1.702 x)``."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+_ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu}
+
+
 class _MLP(nn.Module):
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, activation: str) -> None:
         super().__init__()
         self.c_fc = nn.Linear(width, 4 * width)
         self.c_proj = nn.Linear(4 * width, width)
+        self.act = _ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x)))
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class _ResidualBlock(nn.Module):
     """Pre-norm causal transformer block (CLIP text layout: attn, ln_1, mlp, ln_2)."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, activation: str, ln_eps: float) -> None:
         super().__init__()
         self.attn = MultiHeadAttention(width, heads)
-        self.ln_1 = nn.LayerNorm(width)
-        self.mlp = _MLP(width)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=ln_eps)
+        self.mlp = _MLP(width, activation)
+        self.ln_2 = nn.LayerNorm(width, eps=ln_eps)
 
     def forward(self, x: Tensor, causal: Tensor) -> Tensor:
         h = self.ln_1(x)
@@ -128,15 +137,31 @@ class _ResidualBlock(nn.Module):
 
 
 class CausalTextTransformer(nn.Module):
-    """CLIP-style text transformer: token + position embeddings, causal blocks, final LayerNorm."""
+    """CLIP-style text transformer: token + position embeddings, causal blocks, final LayerNorm.
 
-    def __init__(self, *, vocab_size: int, context_length: int, width: int, layers: int, heads: int) -> None:
+    ``activation="quick_gelu"`` with ``ln_eps=1e-12`` is the reference code's (X-Decoder's) text
+    transformer exactly (checked against its outputs in ``tests/model/test_golden_decoder.py``).
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        context_length: int,
+        width: int,
+        layers: int,
+        heads: int,
+        activation: str = "gelu",
+        ln_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         self.context_length = context_length
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
-        self.resblocks = nn.ModuleList(_ResidualBlock(width, heads) for _ in range(layers))
-        self.ln_final = nn.LayerNorm(width)
+        self.resblocks = nn.ModuleList(_ResidualBlock(width, heads, activation, ln_eps) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(width, eps=ln_eps)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
 
@@ -160,16 +185,32 @@ class BuiltinTextEncoder(TextEncoder):
     Args:
         out_dim: width of the returned features (the decoder's hidden size).
         vocab_size, context_length, width, layers, heads: the transformer's sizes.
+        activation, ln_eps: "gelu" / 1e-5 (default) or the reference code's "quick_gelu" / 1e-12.
     """
 
     def __init__(
-        self, *, out_dim: int, vocab_size: int, context_length: int, width: int, layers: int, heads: int
+        self,
+        *,
+        out_dim: int,
+        vocab_size: int,
+        context_length: int,
+        width: int,
+        layers: int,
+        heads: int,
+        activation: str = "gelu",
+        ln_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.out_dim = out_dim
         self.tokenizer = HashTokenizer(vocab_size=vocab_size, context_length=context_length)
         self.encoder_transformer = CausalTextTransformer(
-            vocab_size=vocab_size, context_length=context_length, width=width, layers=layers, heads=heads
+            vocab_size=vocab_size,
+            context_length=context_length,
+            width=width,
+            layers=layers,
+            heads=heads,
+            activation=activation,
+            ln_eps=ln_eps,
         )
         self.lang_proj = nn.Parameter(torch.empty(width, out_dim))
         nn.init.normal_(self.lang_proj, std=width**-0.5)
