@@ -7,6 +7,8 @@ when the name is unique across the sub-configs, by the field alone (``num_layers
 
 Presets:
 - ``tiny``: a small model for the built-in synthetic benchmark and laptop CPUs (256 x 256 input).
+- ``hiera-s``, ``hiera-bp``, ``focal-l``: the reference code's configurations (1024 x 1024 input) with
+  SAM2 Hiera-S / Hiera-B+ and X-Decoder FocalNet-L image encoders.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 @dataclass
 class BackboneConfig:
-    name: str = "tiny"  # image encoder: "tiny" (the paper-size encoders are separate presets)
-    channels: tuple[int, ...] = (32, 64, 128, 192)  # res2..res5 channels
-    depths: tuple[int, ...] = (1, 1, 2, 1)  # blocks per stage
+    name: str = "tiny"  # image encoder: "tiny", "hiera" (SAM2) or "focalnet" (X-Decoder)
+    variant: str = ""  # hiera: "s" or "b+"; focalnet: "l"
+    channels: tuple[int, ...] = (32, 64, 128, 192)  # tiny only: res2..res5 channels
+    depths: tuple[int, ...] = (1, 1, 2, 1)  # tiny only: blocks per stage
+    options: dict[str, Any] = field(default_factory=dict)  # hiera / focalnet: fields of their own configs
 
 
 @dataclass
@@ -137,7 +141,25 @@ def _tiny() -> ModelConfig:
     return ModelConfig(preset="tiny")
 
 
-PRESETS = {"tiny": _tiny}
+def _paper_size(preset: str, backbone: BackboneConfig) -> ModelConfig:
+    """The reference configurations: 1024 input, hidden 512, 9 layers, 101 queries, pixel decoder
+    with 6 encoder layers and 512 channels, sampling ratio 0.1, tau0 1, the reference text transformer."""
+    return ModelConfig(
+        preset=preset,
+        image_size=1024,
+        backbone=backbone,
+        pixel_decoder=PixelDecoderConfig(conv_dim=512, mask_dim=512, encoder_layers=6, encoder_heads=8, encoder_ffn_dim=2048),
+        text=TextConfig(vocab_size=49408, context_length=77, width=512, layers=12, heads=8, activation="quick_gelu", ln_eps=1e-12),
+        decoder=DecoderConfig(hidden_dim=512, num_heads=8, ffn_dim=2048, num_layers=9, num_queries=101),
+    )
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "hiera-s": lambda: _paper_size("hiera-s", BackboneConfig(name="hiera", variant="s")),
+    "hiera-bp": lambda: _paper_size("hiera-bp", BackboneConfig(name="hiera", variant="b+")),
+    "focal-l": lambda: _paper_size("focal-l", BackboneConfig(name="focalnet", variant="l")),
+}
 
 
 def _did_you_mean(value: str, options) -> str:

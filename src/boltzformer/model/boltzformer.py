@@ -7,6 +7,7 @@ of 32) and B prompts, and returns :class:`BoltzFormerOutput` (mask logits at H/2
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -170,9 +171,23 @@ class BoltzFormer(nn.Module):
 
 
 def _build_backbone(cfg: ModelConfig) -> nn.Module:
-    if cfg.backbone.name == "tiny":
-        return TinyBackbone(channels=cfg.backbone.channels, depths=cfg.backbone.depths)
-    raise ValueError(f"unknown backbone {cfg.backbone.name!r}; available: ['tiny']")
+    bc = cfg.backbone
+    if bc.name == "tiny":
+        return TinyBackbone(channels=bc.channels, depths=bc.depths)
+    if bc.name == "hiera":
+        from boltzformer.model.backbones.hiera import HIERA_BP, HIERA_S, HieraBackbone
+
+        variants = {"s": HIERA_S, "b+": HIERA_BP}
+        if bc.variant not in variants:
+            raise ValueError(f"backbone.variant for hiera must be one of {sorted(variants)}, got {bc.variant!r}")
+        return HieraBackbone(dataclasses.replace(variants[bc.variant], **bc.options))
+    if bc.name == "focalnet":
+        from boltzformer.model.backbones.focalnet import FOCAL_L, FocalNetBackbone
+
+        if bc.variant != "l":
+            raise ValueError(f"backbone.variant for focalnet must be 'l', got {bc.variant!r}")
+        return FocalNetBackbone(dataclasses.replace(FOCAL_L, **bc.options))
+    raise ValueError(f"unknown backbone {bc.name!r}; available: ['tiny', 'hiera', 'focalnet']")
 
 
 def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFormer:

@@ -1,0 +1,116 @@
+"""Pretrained weights: key mapping, the load report, and the whole model against the authors' code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import boltzformer
+from boltzformer.checkpoint import CheckpointError
+from boltzformer.model.text import TextFeatures
+from boltzformer.weights import load_pretrained, map_official_key, map_sam2_key, map_xdecoder_key
+
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "golden"
+
+# the authors' hiera-s configuration shrunk as in ../shared/reference/golden/README.md
+GOLDEN_OVERRIDES = {
+    "backbone.options": {"embed_dim": 16, "num_heads": 1, "stages": [1, 1, 3, 1], "global_att_blocks": [3],
+                         "backbone_channel_list": [128, 64, 32, 16]},
+    "pixel_decoder.conv_dim": 32, "pixel_decoder.mask_dim": 16, "pixel_decoder.encoder_layers": 1,
+    "pixel_decoder.encoder_heads": 2, "pixel_decoder.encoder_ffn_dim": 64,
+    "text.width": 32, "text.layers": 1, "text.heads": 2,
+    "decoder.hidden_dim": 32, "decoder.num_heads": 2, "decoder.ffn_dim": 64, "decoder.num_layers": 3, "decoder.num_queries": 4,
+}
+
+
+def test_key_mapping():
+    assert map_official_key("sem_seg_head.predictor.query_feat.weight") == "decoder.query_feat.weight"
+    assert map_official_key("sem_seg_head.predictor.language_encoder.lang_proj") == "text_encoder.lang_proj"
+    assert map_official_key("sem_seg_head.pixel_decoder.layer_1.norm.weight") == "pixel_decoder.layer_1.norm.weight"
+    assert map_official_key("output_deconv.weight") == "pigma.deconv.weight"
+    assert map_official_key("sem_seg_head.predictor.class_embed") is None
+    assert map_xdecoder_key("model.backbone.layers.0.blocks.0.gamma_1") == "backbone.layers.0.blocks.0.gamma_1"
+    assert map_xdecoder_key("sem_seg_head.predictor.lang_encoder.lang_encoder.token_embedding.weight") is None
+    assert map_sam2_key("image_encoder.trunk.pos_embed") == "backbone.trunk.pos_embed"
+    assert map_sam2_key("memory_encoder.fuser.layers.0.gamma") is None
+
+
+@pytest.fixture(scope="module")
+def golden_model():
+    if not (GOLDEN / "weights.safetensors").is_file():
+        pytest.skip(f"golden reference files not found at {GOLDEN}")
+    torch.manual_seed(0)
+    return boltzformer.build_model("hiera-s", **GOLDEN_OVERRIDES).eval()
+
+
+def test_official_checkpoint_loads_completely(golden_model):
+    report = load_pretrained(golden_model, GOLDEN / "weights.safetensors")
+    assert report.kind == "official"
+    assert report.missing == {}
+    assert set(report.unused) == {"sem_seg_head.predictor.class_embed", "sem_seg_head.predictor.language_encoder.logit_scale"}
+    assert len(report.loaded) == 225
+
+
+@pytest.mark.parametrize("case", ["full", "masked"])
+def test_whole_model_matches_the_official_code(golden_model, case, monkeypatch):
+    load_pretrained(golden_model, GOLDEN / "weights.safetensors")
+    shared = dict(np.load(GOLDEN / "shared.npz"))
+    data = dict(np.load(GOLDEN / f"case_{case}.npz"))
+    golden_model.decoder.sampler.mode = case
+    ids, mask = torch.from_numpy(shared["input_ids"]), torch.from_numpy(shared["attention_mask"])
+    n = int(mask.sum())
+    encoder = golden_model.text_encoder
+    # the golden prompt's CLIP token ids, in place of our tokenizer's
+    monkeypatch.setattr(encoder, "forward", lambda prompts, device: encoder.encode_ids(ids[:, :n], mask[:, :n]))
+    with torch.no_grad():
+        out = golden_model(torch.from_numpy(shared["image_float32"]), [str(shared["prompt"])])
+    torch.testing.assert_close(out.query_logits, torch.from_numpy(data["mask_logits_layer2"]), atol=2e-3, rtol=0)
+    torch.testing.assert_close(out.logits, torch.from_numpy(data["pred_gmasks_final"]), atol=5e-4, rtol=0)
+
+
+def test_sam2_checkpoint_loads_the_backbone_and_reports_the_rest(golden_model, tmp_path):
+    from safetensors.torch import load_file
+
+    weights = load_file(str(GOLDEN / "weights.safetensors"))
+    sam2 = {"image_encoder." + k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    sam2["memory_encoder.fuser.layers.0.gamma"] = torch.zeros(3)
+    torch.save({"model": sam2}, tmp_path / "sam2.pt")
+    report = load_pretrained(golden_model, tmp_path / "sam2.pt")
+    assert report.kind == "sam2"
+    assert len(report.loaded) == len(sam2) - 1 and list(report.unused) == ["memory_encoder.fuser.layers.0.gamma"]
+    assert all(k.startswith(("pixel_decoder.", "decoder.", "text_encoder.", "pigma.")) for k in report.missing)
+    assert not any(k.startswith("backbone.") for k in report.missing)
+
+
+def test_bad_files_are_clear_errors(golden_model, tmp_path):
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint this package can read"):
+        load_pretrained(golden_model, tmp_path / "other.pt")
+    torch.save({"sem_seg_head.predictor.query_feat.weight": torch.zeros(7, 32)}, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"has shape \(7, 32\) but the model's decoder.query_feat.weight has \(4, 32\)"):
+        load_pretrained(golden_model, tmp_path / "shape.pt")
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_pretrained(golden_model, tmp_path / "trunc.pt")
+
+
+def test_presets_have_the_official_parameter_counts():
+    import json
+
+    layouts = GOLDEN.parent / "official-layouts"
+    if not layouts.is_dir():
+        pytest.skip(f"official layouts not found at {layouts}")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    for preset in ("hiera-s", "hiera-bp", "focal-l"):
+        official = json.loads((layouts / f"boltzformer_{preset}.json").read_text())["param_count_by_submodule"]
+        with torch.device("meta"):
+            model = boltzformer.build_model(preset)
+        assert count(model.backbone) == official["backbone"], preset
+        assert count(model.pixel_decoder) == official["sem_seg_head.pixel_decoder"], preset
+        # ours has no class_embed (512 x 512), which no segmentation output uses
+        assert count(model.decoder) == official["sem_seg_head.predictor (excl. language_encoder)"] - 512 * 512, preset
+        assert count(model.text_encoder) == official["sem_seg_head.predictor.language_encoder"] - 1, preset  # no logit_scale
+        assert count(model.pigma) == official["output_deconv"] + official["output_conv"], preset
