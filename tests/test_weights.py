@@ -114,3 +114,46 @@ def test_presets_have_the_official_parameter_counts():
         assert count(model.decoder) == official["sem_seg_head.predictor (excl. language_encoder)"] - 512 * 512, preset
         assert count(model.text_encoder) == official["sem_seg_head.predictor.language_encoder"] - 1, preset  # no logit_scale
         assert count(model.pigma) == official["output_deconv"] + official["output_conv"], preset
+
+
+def _layout_checkpoint(layout_file: Path, path: Path, wrap: str | None) -> int:
+    """A checkpoint with exactly the layout's keys and shapes. Each tensor is one stored value
+    expanded to its shape, so the file stays small while shapes and keys are the real ones."""
+    import json
+
+    keys = json.loads(layout_file.read_text())["keys"]
+    state = {k: torch.full((1,), 0.01).expand(*shape) if shape else torch.tensor(0.01) for k, shape in keys.items()}
+    torch.save({wrap: state} if wrap else state, path)
+    return len(keys)
+
+
+@pytest.mark.parametrize("preset,layout", [("hiera-s", "sam2_hiera_small.ckpt.json"), ("hiera-bp", "sam2_hiera_base_plus.ckpt.json")])
+def test_sam2_layout_loads_every_backbone_key(preset, layout, tmp_path):
+    layout_file = GOLDEN.parent / "official-layouts" / layout
+    if not layout_file.is_file():
+        pytest.skip(f"official layout not found at {layout_file}")
+    _layout_checkpoint(layout_file, tmp_path / "sam2.pt", "model")
+    model = boltzformer.build_model(preset)
+    report = load_pretrained(model, tmp_path / "sam2.pt")
+    assert report.kind == "sam2"
+    assert not [k for k in report.missing if k.startswith("backbone.")]
+    assert sorted(report.loaded) == sorted(k for k in report.loaded if k.startswith("image_encoder."))
+    assert len(report.loaded) == len([k for k in model.state_dict() if k.startswith("backbone.")])
+    assert all(not k.startswith("image_encoder.") for k in report.unused)
+
+
+def test_xdecoder_layout_loads_backbone_pixel_decoder_and_shared_decoder_parts(tmp_path):
+    layout_file = GOLDEN.parent / "official-layouts" / "xdecoder_focall.ckpt.json"
+    if not layout_file.is_file():
+        pytest.skip(f"official layout not found at {layout_file}")
+    _layout_checkpoint(layout_file, tmp_path / "xdecoder.pt", None)
+    model = boltzformer.build_model("focal-l")
+    report = load_pretrained(model, tmp_path / "xdecoder.pt")
+    assert report.kind == "xdecoder"
+    missing = set(report.missing)
+    assert not [k for k in missing if k.startswith(("backbone.", "pixel_decoder."))]
+    # as the layout README finds: the text encoder, the text prior and PiGMA are not in X-Decoder
+    assert all(k.startswith(("text_encoder.", "decoder.initial_", "pigma.")) for k in missing), sorted(missing)[:5]
+    assert any(k.startswith("sem_seg_head.predictor.transformer_cross_attention_layers.") for k in report.loaded)
+    # the layout README: 775 official focal-l keys are covered; ours has no class_embed, so 774
+    assert len(report.loaded) == 774
