@@ -80,6 +80,7 @@ class DecoderConfig:
     sample_ratio: float = 0.1  # draws per query and head, as a fraction of the level's tokens
     base_temperature: float = 1.0  # tau0; layer l uses tau0 / (1 + l)
     threshold: float | None = None  # always-attend tokens with sigmoid >= threshold (None: none)
+    attention_impl: str = "gather"  # sampled sets: "gather" the drawn tokens, or "dense" attention with a mask
 
 
 @dataclass
@@ -103,6 +104,8 @@ class ModelConfig:
                 f"decoder.attention must be one of {ATTENTION_MODES}, got {self.decoder.attention!r}"
                 + _did_you_mean(self.decoder.attention, ATTENTION_MODES)
             )
+        if self.decoder.attention_impl not in ("gather", "dense"):
+            raise ValueError(f"decoder.attention_impl must be 'gather' or 'dense', got {self.decoder.attention_impl!r}")
         if not 0 < self.decoder.sample_ratio <= 1:
             raise ValueError(f"decoder.sample_ratio must be in (0, 1], got {self.decoder.sample_ratio}")
         if self.decoder.base_temperature <= 0:

@@ -151,3 +151,17 @@ def test_invalid_inputs_raise_clear_errors():
         boltzformer.build_model("tiny", num_layer=3)
     with pytest.raises(ValueError, match="attention"):
         boltzformer.build_model("tiny", attention="sparse")
+
+
+def test_gather_and_dense_implementations_give_the_same_output():
+    torch.manual_seed(0)
+    gather = boltzformer.build_model("tiny", **SMALL).eval()
+    dense = boltzformer.build_model("tiny", attention_impl="dense", **SMALL).eval()
+    dense.load_state_dict(gather.state_dict())
+    x = _images(2)
+    with torch.no_grad():
+        a = gather(x, ["nodule", "cyst"], generator=torch.Generator().manual_seed(5)).logits
+        b = dense(x, ["nodule", "cyst"], generator=torch.Generator().manual_seed(5)).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="attention_impl"):
+        boltzformer.build_model("tiny", attention_impl="sparse")

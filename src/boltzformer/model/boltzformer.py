@@ -236,6 +236,7 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         num_queries=dc.num_queries,
         pre_self_attention=dc.pre_self_attention,
         sampler=sampler,
+        attention_impl=dc.attention_impl,
     )
     pigma = PiGMA(num_queries=dc.num_queries, hidden_channels=cfg.pigma_channels) if cfg.pigma else None
     return BoltzFormer(

@@ -75,6 +75,9 @@ class BoltzmannDecoder(nn.Module):
         num_queries: latent queries Q.
         pre_self_attention: run the text-conditioned prior before the first layer.
         sampler: chooses the attended tokens (mode, ratio, temperatures).
+        attention_impl: how sampled sets are attended: "gather" (only the drawn tokens' keys and
+            values are gathered; cost follows the draws) or "dense" (dense attention with the set as
+            a mask, the reference code's form). Same result.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class BoltzmannDecoder(nn.Module):
         num_queries: int,
         pre_self_attention: bool = True,
         sampler: BoltzmannSampler,
+        attention_impl: str = "gather",
     ) -> None:
         super().__init__()
         if hidden_dim % 2:
@@ -98,6 +102,9 @@ class BoltzmannDecoder(nn.Module):
         self.num_layers = num_layers
         self.num_queries = num_queries
         self.sampler = sampler
+        if attention_impl not in ("gather", "dense"):
+            raise ValueError(f"attention_impl must be 'gather' or 'dense', got {attention_impl!r}")
+        self.attention_impl = attention_impl
         self.pre_self_attention = pre_self_attention
         if pre_self_attention:
             self.initial_self_attention_layer = SelfAttentionLayer(hidden_dim, num_heads)
@@ -193,14 +200,11 @@ class BoltzmannDecoder(nn.Module):
                         temperature=selection.temperature,
                     )
                 )
+            keep, indices, valid = selection.keep, selection.indices, selection.valid
+            if indices is not None and self.attention_impl == "dense":
+                keep, indices, valid = selection.as_keep_mask(logits.shape[-1]), None, None
             queries = self.transformer_cross_attention_layers[layer](
-                queries,
-                src[level],
-                pos=pos[level],
-                query_pos=query_pos,
-                keep=selection.keep,
-                indices=selection.indices,
-                valid=selection.valid,
+                queries, src[level], pos=pos[level], query_pos=query_pos, keep=keep, indices=indices, valid=valid
             )
             queries, text_tokens = self_attend(self.transformer_self_attention_layers[layer], queries, text_tokens)
             queries = self.transformer_ffn_layers[layer](queries)
