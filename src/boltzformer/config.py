@@ -66,6 +66,8 @@ class TextConfig:
     heads: int = 4
     activation: str = "gelu"  # "gelu", or "quick_gelu" as in the reference code's text transformer
     ln_eps: float = 1e-5  # the reference code's text transformer uses 1e-12
+    hf_model: str | None = None  # a HuggingFace tokenizer + encoder (hub id or local dir) instead of the built-in one
+    hf_max_length: int = 77
 
 
 @dataclass
@@ -153,7 +155,9 @@ def _paper_size(preset: str, backbone: BackboneConfig) -> ModelConfig:
         backbone=backbone,
         pixel_decoder=PixelDecoderConfig(conv_dim=512, mask_dim=512, encoder_layers=6, encoder_heads=8, encoder_ffn_dim=2048),
         text=TextConfig(vocab_size=49408, context_length=77, width=512, layers=12, heads=8, activation="quick_gelu", ln_eps=1e-12),
-        decoder=DecoderConfig(hidden_dim=512, num_heads=8, ffn_dim=2048, num_layers=9, num_queries=101),
+        # 101 queries over up to 16384 tokens: on CPU, dense attention with the drawn sets as a mask
+        # is faster than gathering them (docs/results.md); same result
+        decoder=DecoderConfig(hidden_dim=512, num_heads=8, ffn_dim=2048, num_layers=9, num_queries=101, attention_impl="dense"),
     )
 
 

@@ -213,16 +213,21 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         encoder_ffn_dim=pd.encoder_ffn_dim,
         norm_groups=pd.norm_groups,
     )
-    text_encoder = BuiltinTextEncoder(
-        out_dim=dc.hidden_dim,
-        vocab_size=tc.vocab_size,
-        context_length=tc.context_length,
-        width=tc.width,
-        layers=tc.layers,
-        heads=tc.heads,
-        activation=tc.activation,
-        ln_eps=tc.ln_eps,
-    )
+    if tc.hf_model:
+        from boltzformer.model.hf_text import HFTextEncoder
+
+        text_encoder: TextEncoder = HFTextEncoder(name_or_path=tc.hf_model, out_dim=dc.hidden_dim, max_length=tc.hf_max_length)
+    else:
+        text_encoder = BuiltinTextEncoder(
+            out_dim=dc.hidden_dim,
+            vocab_size=tc.vocab_size,
+            context_length=tc.context_length,
+            width=tc.width,
+            layers=tc.layers,
+            heads=tc.heads,
+            activation=tc.activation,
+            ln_eps=tc.ln_eps,
+        )
     sampler = BoltzmannSampler(
         mode=dc.attention, ratio=dc.sample_ratio, base_temperature=dc.base_temperature, threshold=dc.threshold
     )
