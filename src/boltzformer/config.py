@@ -95,6 +95,7 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     pigma: bool = True  # PiGMA upsampler (else: mean of the query masks at stride 4)
     pigma_channels: int = 10
+    gradient_checkpointing: bool = False  # recompute the backbone and each decoder layer in backward (less memory)
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD
 

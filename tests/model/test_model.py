@@ -165,3 +165,19 @@ def test_gather_and_dense_implementations_give_the_same_output():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="attention_impl"):
         boltzformer.build_model("tiny", attention_impl="sparse")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = boltzformer.build_model("tiny", **SMALL)
+    ckpt = boltzformer.build_model("tiny", gradient_checkpointing=True, **SMALL)
+    ckpt.load_state_dict(plain.state_dict())
+    x = _images(2, 96)
+    grads = []
+    for model in (plain, ckpt):
+        out = model(x, ["nodule", "cyst"], generator=torch.Generator().manual_seed(1), return_aux=True)
+        (out.logits.mean() + sum(a.mean() for a in out.aux_logits)).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

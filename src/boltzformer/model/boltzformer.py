@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from boltzformer.config import ModelConfig, get_preset
 from boltzformer.model.backbones import TinyBackbone
@@ -91,6 +92,7 @@ class BoltzFormer(nn.Module):
         self.decoder = decoder
         self.pigma = pigma
         self.config = config
+        self.gradient_checkpointing = False
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -109,7 +111,12 @@ class BoltzFormer(nn.Module):
         if not images.is_floating_point():
             images = images.float()
         image = (images - self.pixel_mean) / self.pixel_std
-        pix = self.pixel_decoder(self.backbone(image))
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # keep no backbone activations: recompute them in backward
+            feats = checkpoint(self.backbone, image, use_reentrant=False)
+        else:
+            feats = self.backbone(image)
+        pix = self.pixel_decoder(feats)
         return ImageFeatures(image=image, mask_features=pix.mask_features, multi_scale=pix.multi_scale)
 
     def decode(
@@ -244,7 +251,8 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         attention_impl=dc.attention_impl,
     )
     pigma = PiGMA(num_queries=dc.num_queries, hidden_channels=cfg.pigma_channels) if cfg.pigma else None
-    return BoltzFormer(
+    decoder.gradient_checkpointing = cfg.gradient_checkpointing
+    model = BoltzFormer(
         backbone=backbone,
         pixel_decoder=pixel_decoder,
         text_encoder=text_encoder,
@@ -254,3 +262,5 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         pixel_std=cfg.pixel_std,
         config=cfg,
     )
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    return model

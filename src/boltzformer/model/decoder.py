@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from boltzformer.model.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from boltzformer.model.position import sine_position_encoding
@@ -105,6 +106,7 @@ class BoltzmannDecoder(nn.Module):
         if attention_impl not in ("gather", "dense"):
             raise ValueError(f"attention_impl must be 'gather' or 'dense', got {attention_impl!r}")
         self.attention_impl = attention_impl
+        self.gradient_checkpointing = False  # recompute each layer in backward instead of storing it
         self.pre_self_attention = pre_self_attention
         if pre_self_attention:
             self.initial_self_attention_layer = SelfAttentionLayer(hidden_dim, num_heads)
@@ -203,12 +205,20 @@ class BoltzmannDecoder(nn.Module):
             keep, indices, valid = selection.keep, selection.indices, selection.valid
             if indices is not None and self.attention_impl == "dense":
                 keep, indices, valid = selection.as_keep_mask(logits.shape[-1]), None, None
-            queries = self.transformer_cross_attention_layers[layer](
-                queries, src[level], pos=pos[level], query_pos=query_pos, keep=keep, indices=indices, valid=valid
-            )
-            queries, text_tokens = self_attend(self.transformer_self_attention_layers[layer], queries, text_tokens)
-            queries = self.transformer_ffn_layers[layer](queries)
-            embedding = self._mask_embedding(queries)
+
+            def block(queries: Tensor, text_tokens: Tensor, layer=layer, level=level, keep=keep, indices=indices, valid=valid):
+                queries = self.transformer_cross_attention_layers[layer](
+                    queries, src[level], pos=pos[level], query_pos=query_pos, keep=keep, indices=indices, valid=valid
+                )
+                queries, text_tokens = self_attend(self.transformer_self_attention_layers[layer], queries, text_tokens)
+                queries = self.transformer_ffn_layers[layer](queries)
+                return queries, text_tokens, self._mask_embedding(queries)
+
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # the attended sets were drawn above: recomputing the block is deterministic
+                queries, text_tokens, embedding = checkpoint(block, queries, text_tokens, use_reentrant=False)
+            else:
+                queries, text_tokens, embedding = block(queries, text_tokens)
 
         query_logits = torch.einsum("bqc,bchw->bqhw", embedding, mask_features)
         # the query mean of e . F is (mean e) . F: one channel per earlier prediction
