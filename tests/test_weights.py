@@ -157,3 +157,23 @@ def test_xdecoder_layout_loads_backbone_pixel_decoder_and_shared_decoder_parts(t
     assert any(k.startswith("sem_seg_head.predictor.transformer_cross_attention_layers.") for k in report.loaded)
     # the layout README: 775 official focal-l keys are covered; ours has no class_embed, so 774
     assert len(report.loaded) == 774
+
+
+def test_cli_convert_writes_a_checkpoint_and_the_key_report(tmp_path, capsys):
+    import json
+
+    from boltzformer.cli import main
+
+    if not (GOLDEN / "weights.safetensors").is_file():
+        pytest.skip(f"golden reference files not found at {GOLDEN}")
+    overrides = [f"--set={k}={json.dumps(v)}" for k, v in GOLDEN_OVERRIDES.items()]
+    out = tmp_path / "init.ckpt"
+    assert main(["convert", "--preset", "hiera-s", "--weights", str(GOLDEN / "weights.safetensors"), "--out", str(out), *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "official checkpoint: 225 tensors loaded, 2 in the file unused, 0 of the model's not set" in printed
+    report = json.loads((tmp_path / "init.ckpt.load.json").read_text())
+    assert report["kind"] == "official" and len(report["loaded"]) == 225
+    model = boltzformer.load_checkpoint(out)
+    assert model.config.decoder.num_queries == 4
+    assert main(["convert", "--preset", "hiera-s", "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.ckpt")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x.ckpt").exists()

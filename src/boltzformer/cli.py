@@ -1,4 +1,4 @@
-"""Command line: ``boltzformer train | evaluate | predict | demo``.
+"""Command line: ``boltzformer train | evaluate | predict | convert | demo``.
 
 Every command checks its inputs first; a bad input is one line on stderr naming the file or
 argument, exit code 2, and nothing half-written (outputs go to a temporary name, then are renamed).
@@ -84,6 +84,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="mask PNG (0/255); an overlay is written beside it")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("convert", help="load pretrained weights (SAM2, X-Decoder, official BoltzFormer) into a preset")
+    p.add_argument("--preset", required=True, help="tiny | hiera-s | hiera-bp | focal-l")
+    p.add_argument("--weights", required=True, help=".pt / .pth / .ckpt / .safetensors file")
+    p.add_argument("--out", required=True, help="boltzformer checkpoint to write (use it with train --init)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting")
 
     p = sub.add_parser("demo", help="train tiny on the synthetic benchmark, evaluate, show predictions")
     p.add_argument("--out", default="boltzformer-demo")
@@ -203,6 +209,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from boltzformer.atomic import write_json_atomic
+    from boltzformer.checkpoint import save_checkpoint
+    from boltzformer.model import build_model
+    from boltzformer.weights import load_pretrained
+
+    out = Path(args.out)
+    model = build_model(args.preset, **_overrides(args.set))
+    report = load_pretrained(model, args.weights)
+    save_checkpoint(model, out)
+    write_json_atomic(asdict(report), out.with_name(out.name + ".load.json"))
+    print(report.summary())
+    for name, items in (("unused", report.unused), ("missing", report.missing)):
+        reasons: dict[str, int] = {}
+        for why in items.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        for why, n in sorted(reasons.items(), key=lambda x: -x[1]):
+            print(f"  {name}: {n} ({why})")
+    print(f"checkpoint: {out} (key lists in {out.name}.load.json)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from boltzformer.demo import run_demo
 
@@ -213,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as exc:
