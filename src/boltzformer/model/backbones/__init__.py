@@ -1,8 +1,14 @@
 """Image encoders: (B, 3, H, W) normalised images -> {"res2".."res5"} maps at strides 4-32.
 
 Every backbone sets ``out_channels``: the channels of res2..res5, in that order.
+
+- ``tiny``: a small ConvNeXt-style network for CPUs and the synthetic benchmark;
+- ``hiera``: SAM2's Hiera trunk + FPN neck (S, B+), loads SAM2 checkpoints;
+- ``focalnet``: FocalNet-L as X-Decoder configures it, loads X-Decoder checkpoints.
 """
 
+from boltzformer.model.backbones.focalnet import FOCAL_L, FocalNetBackbone, FocalNetConfig
+from boltzformer.model.backbones.hiera import HIERA_BP, HIERA_S, HieraBackbone, HieraConfig
 from boltzformer.model.backbones.tiny import TinyBackbone
 
-__all__ = ["TinyBackbone"]
+__all__ = ["FOCAL_L", "HIERA_BP", "HIERA_S", "FocalNetBackbone", "FocalNetConfig", "HieraBackbone", "HieraConfig", "TinyBackbone"]
