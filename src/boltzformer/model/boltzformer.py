@@ -111,8 +111,11 @@ class BoltzFormer(nn.Module):
         if not images.is_floating_point():
             images = images.float()
         image = (images - self.pixel_mean) / self.pixel_std
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            # keep no backbone activations: recompute them in backward
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not hasattr(
+            self.backbone, "gradient_checkpointing"
+        ):
+            # keep no backbone activations: recompute them in backward (backbones that checkpoint
+            # block by block themselves, which saves more, do it inside)
             feats = checkpoint(self.backbone, image, use_reentrant=False)
         else:
             feats = self.backbone(image)
@@ -263,4 +266,6 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         config=cfg,
     )
     model.gradient_checkpointing = cfg.gradient_checkpointing
+    if hasattr(backbone, "gradient_checkpointing"):
+        backbone.gradient_checkpointing = cfg.gradient_checkpointing
     return model
