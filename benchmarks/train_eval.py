@@ -1,7 +1,7 @@
 """Train a preset on a dataset and report Dice by target size on its test split.
 
-    python benchmarks/train_eval.py --data ../shared/data/lidc_lung_nodule --max-steps 600 \
-        --out runs/lidc --json docs/results/lidc_tiny.json
+    python benchmarks/train_eval.py --data ../shared/data/lidc_lung_nodule --max-steps 400 \
+        --out runs/lidc --json docs/results/lung_nodules_tiny_aug.json
 
 Prints a table and writes JSON with the machine, the date and the wall times. The split keeps
 patients apart (``meta.json``'s ``patient`` field).
