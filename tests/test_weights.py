@@ -177,3 +177,32 @@ def test_cli_convert_writes_a_checkpoint_and_the_key_report(tmp_path, capsys):
     assert model.config.decoder.num_queries == 4
     assert main(["convert", "--preset", "hiera-s", "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.ckpt")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x.ckpt").exists()
+
+
+def _grid(x: torch.Tensor, g: int) -> torch.Tensor:
+    H, W = x.shape[-2:]
+    rows = torch.from_numpy(np.round(np.linspace(0, H - 1, g)).astype(np.int64))
+    cols = torch.from_numpy(np.round(np.linspace(0, W - 1, g)).astype(np.int64))
+    return x[..., rows, :][..., cols]
+
+
+def test_whole_model_matches_the_official_code_with_non_constant_weights(golden_model, monkeypatch):
+    """Case masked_nonconst: the overlay replaces every tensor the official init leaves constant
+    (norm weights, attention biases, Hiera position tables), so dropped or swapped ones show."""
+    load_pretrained(golden_model, GOLDEN / "weights.safetensors")
+    report = load_pretrained(golden_model, GOLDEN / "weights_nonconst_overlay.safetensors")
+    assert len(report.loaded) == 96
+    shared = dict(np.load(GOLDEN / "shared.npz"))
+    data = dict(np.load(GOLDEN / "case_masked_nonconst.npz"))
+    golden_model.decoder.sampler.mode = "masked"
+    ids, mask = torch.from_numpy(shared["input_ids"]), torch.from_numpy(shared["attention_mask"])
+    n = int(mask.sum())
+    encoder = golden_model.text_encoder
+    monkeypatch.setattr(encoder, "forward", lambda prompts, device: encoder.encode_ids(ids[:, :n], mask[:, :n]))
+    with torch.no_grad():
+        out = golden_model(torch.from_numpy(shared["image_float32"]), [str(shared["prompt"])])
+    for ours, name, atol in ((out.query_logits, "mask_logits_layer2", 2e-3), (out.logits, "pred_gmasks_final", 5e-4)):
+        torch.testing.assert_close(_grid(ours, 32), torch.from_numpy(data[f"{name}_grid32"]), atol=atol, rtol=0)
+        torch.testing.assert_close(ours[..., -32:, -32:], torch.from_numpy(data[f"{name}_corner32"]), atol=atol, rtol=0)
+        mean = ours.double().mean(dim=(-2, -1)).flatten()
+        torch.testing.assert_close(mean, torch.from_numpy(data[f"{name}_chan_mean"]).double(), atol=atol, rtol=0)
