@@ -68,3 +68,11 @@ def test_predictor_errors(model):
         predictor.predict(np.zeros((2, 8, 8, 3), np.uint8), "x")
     with pytest.raises(ValueError, match="threshold"):
         boltzformer.Predictor(model, threshold=1.5)
+
+
+def test_predictor_bf16_autocast_is_close_to_float32(model):
+    image = (np.random.default_rng(2).random((64, 64)) * 255).astype(np.uint8)
+    p32 = boltzformer.Predictor(model).predict_proba(image, "nodule")
+    p16 = boltzformer.Predictor(model, bf16=True).predict_proba(image, "nodule")
+    assert p16.dtype == np.float32 and p16.shape == p32.shape
+    assert np.abs(p16 - p32).max() < 0.1

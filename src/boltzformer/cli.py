@@ -84,6 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="mask PNG (0/255); an overlay is written beside it")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (less memory)")
 
     p = sub.add_parser("convert", help="load pretrained weights (SAM2, X-Decoder, official BoltzFormer) into a preset")
     p.add_argument("--preset", required=True, help="tiny | hiera-s | hiera-bp | focal-l")
@@ -194,7 +195,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must be a .png file, got {args.out}")
     check_prompts([args.prompt], name="--prompt")
     image = read_image(args.image)
-    predictor = Predictor(load_checkpoint(args.checkpoint), threshold=args.threshold, seed=args.seed)
+    predictor = Predictor(load_checkpoint(args.checkpoint), threshold=args.threshold, seed=args.seed, bf16=args.bf16)
     t0 = time.perf_counter()
     prob = predictor.predict_proba(image, args.prompt)
     mask = prob > args.threshold
