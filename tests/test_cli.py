@@ -160,3 +160,17 @@ def test_error_checkpoint_that_is_not_ours(run_dir, tmp_path, capsys, kind):
     assert not (tmp_path / "m.png").exists()
     _fails(["evaluate", "--checkpoint", str(ckpt), "--data", "synthetic", "--out", str(tmp_path / "r.json")], capsys, needle)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_explain_writes_sampling_maps(run_dir, tmp_path):
+    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((80, 64)) * 255).astype(np.uint8))
+    out = tmp_path / "explain"
+    assert main(["explain", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "nodule", "--out", str(out)]) == 0
+    arrays = np.load(out / "sampling_maps.npz")
+    assert arrays["probability"].shape == (80, 64)
+    assert arrays["temperatures"].tolist() == pytest.approx([1.0, 0.5, 1 / 3])
+    # MICRO input 64: layers attend at 2x2, 4x4, 8x8 tokens; each distribution sums to queries x heads
+    assert [arrays[f"layer{i}_distribution"].shape for i in range(3)] == [(2, 2), (4, 4), (8, 8)]
+    assert arrays["layer2_distribution"].sum() == pytest.approx(4 * 4, rel=1e-4)
+    assert 0 < arrays["layer2_sampled"].sum() <= 4 * 4 * 64
+    assert Image.open(out / "sampling_maps.png").size == (384, 3 * (192 + 14))

@@ -1,4 +1,4 @@
-"""Command line: ``boltzformer train | evaluate | predict | convert | demo``.
+"""Command line: ``boltzformer train | evaluate | predict | explain | convert | demo``.
 
 Every command checks its inputs first; a bad input is one line on stderr naming the file or
 argument, exit code 2, and nothing half-written (outputs go to a temporary name, then are renamed).
@@ -85,6 +85,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (less memory)")
+
+    p = sub.add_parser("explain", help="per-layer sampling distributions and attended tokens over the image")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="folder for sampling_maps.png and sampling_maps.npz")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("convert", help="load pretrained weights (SAM2, X-Decoder, official BoltzFormer) into a preset")
     p.add_argument("--preset", required=True, help="tiny | hiera-s | hiera-bp | focal-l")
@@ -210,6 +217,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from boltzformer.atomic import atomic_paths
+    from boltzformer.checkpoint import load_checkpoint
+    from boltzformer.data.io import read_image
+    from boltzformer.explain import sampling_maps, save_sampling_grid
+    from boltzformer.model.text import check_prompts
+
+    check_prompts([args.prompt], name="--prompt")
+    image = read_image(args.image)
+    maps = sampling_maps(load_checkpoint(args.checkpoint), image, args.prompt, seed=args.seed)
+    out = Path(args.out)
+    png, npz = out / "sampling_maps.png", out / "sampling_maps.npz"
+    with atomic_paths(png, npz) as (tmp_png, tmp_npz):
+        save_sampling_grid(maps, image, tmp_png)
+        with open(tmp_npz, "wb") as f:
+            np.savez_compressed(f, **maps.to_npz_dict())
+    print(f"{png}: {len(maps.distributions)} layers, temperatures {', '.join(f'{t:.3f}' for t in maps.temperatures)}")
+    print(f"{npz}: the raw arrays")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -244,7 +274,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "convert": cmd_convert, "explain": cmd_explain, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as exc:
