@@ -174,3 +174,13 @@ def test_explain_writes_sampling_maps(run_dir, tmp_path):
     assert arrays["layer2_distribution"].sum() == pytest.approx(4 * 4, rel=1e-4)
     assert 0 < arrays["layer2_sampled"].sum() <= 4 * 4 * 64
     assert Image.open(out / "sampling_maps.png").size == (384, 3 * (192 + 14))
+
+
+def test_predict_with_samples_writes_uncertainty(run_dir, tmp_path):
+    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((64, 48)) * 255).astype(np.uint8))
+    out = tmp_path / "m.png"
+    assert main(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "cyst",
+                 "--out", str(out), "--samples", "3"]) == 0
+    assert np.array(Image.open(tmp_path / "m_uncertainty.png")).shape == (64, 48)
+    report = json.loads((tmp_path / "m_uncertainty.json").read_text())
+    assert report["samples"] == 3 and 0.0 <= report["agreement"] <= 1.0

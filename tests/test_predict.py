@@ -76,3 +76,21 @@ def test_predictor_bf16_autocast_is_close_to_float32(model):
     p16 = boltzformer.Predictor(model, bf16=True).predict_proba(image, "nodule")
     assert p16.dtype == np.float32 and p16.shape == p32.shape
     assert np.abs(p16 - p32).max() < 0.1
+
+
+def test_predict_samples_gives_mean_std_and_agreement(model):
+    image = (np.random.default_rng(3).random((70, 50)) * 255).astype(np.uint8)
+    predictor = boltzformer.Predictor(model, seed=0)
+    r = predictor.predict_samples(image, "nodule", 4)
+    assert r["mean"].shape == r["std"].shape == r["mask"].shape == (70, 50)
+    assert 0.0 <= r["agreement"] <= 1.0 and (r["std"] >= 0).all()
+    # the mean is the mean of the single passes with seeds 0..3
+    singles = [boltzformer.Predictor(model, seed=s).predict_proba(image, "nodule") for s in range(4)]
+    np.testing.assert_allclose(r["mean"], np.mean(singles, axis=0), atol=1e-6)
+    assert np.abs(r["std"] - np.std(singles, axis=0)).max() < 1e-5
+    # dense attention draws nothing: every pass is the same, agreement 1, no uncertainty
+    full = boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4, attention="full").eval()
+    r = boltzformer.Predictor(full).predict_samples(image, "nodule", 3)
+    assert r["agreement"] == 1.0 and r["std"].max() == 0.0
+    with pytest.raises(ValueError, match="samples"):
+        predictor.predict_samples(image, "nodule", 1)

@@ -85,6 +85,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (less memory)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="K > 1: K passes with sampling seeds seed..seed+K-1; the mask is their mean; writes the "
+                        "uncertainty map and the agreement score beside it")
 
     p = sub.add_parser("explain", help="per-layer sampling distributions and attended tokens over the image")
     p.add_argument("--checkpoint", required=True)
@@ -201,16 +204,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {args.out}")
     check_prompts([args.prompt], name="--prompt")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     image = read_image(args.image)
     predictor = Predictor(load_checkpoint(args.checkpoint), threshold=args.threshold, seed=args.seed, bf16=args.bf16)
     t0 = time.perf_counter()
-    prob = predictor.predict_proba(image, args.prompt)
-    mask = prob > args.threshold
+    extra: dict[Path, Any] = {}
+    if args.samples > 1:
+        result = predictor.predict_samples(image, args.prompt, args.samples)
+        prob, mask = result["mean"], result["mask"]
+        std = result["std"]
+        extra[out.with_name(out.stem + "_uncertainty.png")] = Image.fromarray((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8))
+    else:
+        prob = predictor.predict_proba(image, args.prompt)
+        mask = prob > args.threshold
     elapsed = time.perf_counter() - t0
     overlay_path = out.with_name(out.stem + "_overlay.png")
     _save_png_atomic(
-        {out: Image.fromarray((mask * 255).astype(np.uint8)), overlay_path: overlay(image, mask, label=args.prompt)}
+        {out: Image.fromarray((mask * 255).astype(np.uint8)), overlay_path: overlay(image, mask, label=args.prompt), **extra}
     )
+    if args.samples > 1:
+        from boltzformer.atomic import write_json_atomic
+
+        write_json_atomic({"samples": args.samples, "seed": args.seed, "agreement": result["agreement"],
+                           "mean_std_in_mask": float(std[mask].mean()) if mask.any() else None},
+                          out.with_name(out.stem + "_uncertainty.json"))
+        print(f"agreement of the {args.samples} passes (mean pairwise Dice): {result['agreement']:.3f}")
     area = float(mask.mean())
     print(f"{out}: {int(mask.sum())} pixels ({100 * area:.3f}% of the image), max probability {float(prob.max()):.3f}, {elapsed:.2f} s")
     print(f"overlay: {overlay_path}")

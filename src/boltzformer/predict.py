@@ -97,6 +97,44 @@ class Predictor:
         prob = from_model_output(out.logits[0, 0].float(), self._geometry).sigmoid()
         return prob.cpu().numpy()
 
+    @torch.inference_mode()
+    def predict_samples(self, image: np.ndarray | None, prompt: str, samples: int) -> dict[str, np.ndarray | float]:
+        """``samples`` stochastic passes with the sampling seeds ``seed, seed + 1, ...`` (the image is
+        encoded once) turned into a confidence measure.
+
+        Returns:
+            ``"mean"``: (H, W) mean probability; ``"std"``: (H, W) its pixel-wise standard deviation;
+            ``"mask"``: (H, W) bool, mean > threshold; ``"agreement"``: mean pairwise Dice of the
+            ``samples`` thresholded masks (1.0: every pass agrees; two empty masks agree).
+        """
+        if samples < 2:
+            raise ValueError(f"samples must be >= 2 to measure agreement, got {samples}")
+        if image is not None:
+            self.set_image(image)
+        if self._features is None or self._geometry is None:
+            raise RuntimeError("no image: call set_image(image) first or pass image=...")
+        check_prompts([prompt], name="prompt")
+        probs = []
+        for k in range(samples):
+            generator = torch.Generator(device=self.model.device).manual_seed(self.seed + k)
+            with self._autocast():
+                out = self.model.decode(self._features, [prompt], generator=generator)
+            probs.append(from_model_output(out.logits[0, 0].float(), self._geometry).sigmoid())
+        stack = torch.stack(probs)  # K x H x W
+        masks = (stack > self.threshold).flatten(1).float()  # K x HW
+        inter = masks @ masks.T
+        sizes = masks.sum(1)
+        denom = sizes[:, None] + sizes[None, :]
+        dice = torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom))
+        pairs = ~torch.eye(samples, dtype=torch.bool)
+        mean = stack.mean(0)
+        return {
+            "mean": mean.cpu().numpy(),
+            "std": stack.std(0, unbiased=False).cpu().numpy(),
+            "mask": (mean > self.threshold).cpu().numpy(),
+            "agreement": float(dice[pairs].mean()),
+        }
+
     def predict(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
         """Binary mask (H, W) bool of the target ``prompt`` names; ``image=None`` reuses the last one."""
         return self.predict_proba(image, prompt) > self.threshold
