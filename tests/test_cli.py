@@ -86,6 +86,8 @@ def test_predict_writes_a_mask_of_the_input_size_and_an_overlay(run_dir, tmp_pat
     mask = np.array(Image.open(out))
     assert mask.shape == (150, 97) and set(np.unique(mask)) <= {0, 255}
     assert (tmp_path / "out" / "mask_overlay.png").is_file()
+    found = json.loads((tmp_path / "out" / "mask_lesions.json").read_text())
+    assert sum(x["area_px"] for x in found) == int((mask > 0).sum())
     # the same seed gives the same mask
     out2 = tmp_path / "out" / "mask2.png"
     main(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "nodule", "--out", str(out2)])

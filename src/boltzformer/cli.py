@@ -230,8 +230,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
                            "mean_std_in_mask": float(std[mask].mean()) if mask.any() else None},
                           out.with_name(out.stem + "_uncertainty.json"))
         print(f"agreement of the {args.samples} passes (mean pairwise Dice): {result['agreement']:.3f}")
+    from boltzformer.atomic import write_json_atomic
+    from boltzformer.lesions import lesions
+
+    found = lesions(mask, probability=prob)
+    write_json_atomic([x.to_dict() for x in found], out.with_name(out.stem + "_lesions.json"))
+    for x in found[:5]:
+        print(f"  lesion {x.label}: {x.area_px} px at (row {x.centroid[0]:.0f}, col {x.centroid[1]:.0f}), mean probability {x.mean_probability:.2f}")
+    if len(found) > 5:
+        print(f"  ... {len(found) - 5} more in {out.stem}_lesions.json")
     area = float(mask.mean())
-    print(f"{out}: {int(mask.sum())} pixels ({100 * area:.3f}% of the image), max probability {float(prob.max()):.3f}, {elapsed:.2f} s")
+    print(f"{out}: {len(found)} lesion(s), {int(mask.sum())} pixels ({100 * area:.3f}% of the image), max probability {float(prob.max()):.3f}, {elapsed:.2f} s")
     print(f"overlay: {overlay_path}")
     return 0
 
