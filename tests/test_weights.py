@@ -54,19 +54,24 @@ def test_official_checkpoint_loads_completely(golden_model):
     assert len(report.loaded) == 225
 
 
+def _golden_forward(model, mode: str, monkeypatch):
+    """The golden image and prompt through ``model`` with ``mode`` attention, the prompt given as the
+    golden CLIP token ids in place of our tokenizer's."""
+    shared = dict(np.load(GOLDEN / "shared.npz"))
+    model.decoder.sampler.mode = mode
+    ids, mask = torch.from_numpy(shared["input_ids"]), torch.from_numpy(shared["attention_mask"])
+    n = int(mask.sum())
+    encoder = model.text_encoder
+    monkeypatch.setattr(encoder, "forward", lambda prompts, device: encoder.encode_ids(ids[:, :n], mask[:, :n]))
+    with torch.no_grad():
+        return model(torch.from_numpy(shared["image_float32"]), [str(shared["prompt"])])
+
+
 @pytest.mark.parametrize("case", ["full", "masked"])
 def test_whole_model_matches_the_official_code(golden_model, case, monkeypatch):
     load_pretrained(golden_model, GOLDEN / "weights.safetensors")
-    shared = dict(np.load(GOLDEN / "shared.npz"))
     data = dict(np.load(GOLDEN / f"case_{case}.npz"))
-    golden_model.decoder.sampler.mode = case
-    ids, mask = torch.from_numpy(shared["input_ids"]), torch.from_numpy(shared["attention_mask"])
-    n = int(mask.sum())
-    encoder = golden_model.text_encoder
-    # the golden prompt's CLIP token ids, in place of our tokenizer's
-    monkeypatch.setattr(encoder, "forward", lambda prompts, device: encoder.encode_ids(ids[:, :n], mask[:, :n]))
-    with torch.no_grad():
-        out = golden_model(torch.from_numpy(shared["image_float32"]), [str(shared["prompt"])])
+    out = _golden_forward(golden_model, case, monkeypatch)
     torch.testing.assert_close(out.query_logits, torch.from_numpy(data["mask_logits_layer2"]), atol=2e-3, rtol=0)
     torch.testing.assert_close(out.logits, torch.from_numpy(data["pred_gmasks_final"]), atol=5e-4, rtol=0)
 
@@ -192,15 +197,8 @@ def test_whole_model_matches_the_official_code_with_non_constant_weights(golden_
     load_pretrained(golden_model, GOLDEN / "weights.safetensors")
     report = load_pretrained(golden_model, GOLDEN / "weights_nonconst_overlay.safetensors")
     assert len(report.loaded) == 96
-    shared = dict(np.load(GOLDEN / "shared.npz"))
     data = dict(np.load(GOLDEN / "case_masked_nonconst.npz"))
-    golden_model.decoder.sampler.mode = "masked"
-    ids, mask = torch.from_numpy(shared["input_ids"]), torch.from_numpy(shared["attention_mask"])
-    n = int(mask.sum())
-    encoder = golden_model.text_encoder
-    monkeypatch.setattr(encoder, "forward", lambda prompts, device: encoder.encode_ids(ids[:, :n], mask[:, :n]))
-    with torch.no_grad():
-        out = golden_model(torch.from_numpy(shared["image_float32"]), [str(shared["prompt"])])
+    out = _golden_forward(golden_model, "masked", monkeypatch)
     for ours, name, atol in ((out.query_logits, "mask_logits_layer2", 2e-3), (out.logits, "pred_gmasks_final", 5e-4)):
         torch.testing.assert_close(_grid(ours, 32), torch.from_numpy(data[f"{name}_grid32"]), atol=atol, rtol=0)
         torch.testing.assert_close(ours[..., -32:, -32:], torch.from_numpy(data[f"{name}_corner32"]), atol=atol, rtol=0)

@@ -51,7 +51,9 @@ def test_text_encoder_shapes_padding_and_pooling():
 def test_hash_tokenizer_is_stable_and_truncates():
     tok = HashTokenizer(vocab_size=8192, context_length=6)
     assert tok.encode("Lung Nodule") == tok.encode("lung nodule")
-    assert tok.encode("lung nodule") == [1, 3 + 2290402587 % 8189, 3 + 1569236578 % 8189, 2] or len(tok.encode("lung nodule")) == 4
+    import zlib
+
+    assert tok.encode("lung nodule") == [1] + [3 + zlib.crc32(w.encode()) % 8189 for w in ("lung", "nodule")] + [2]
     ids = tok.encode("one two three four five six seven")
     assert len(ids) == 6 and ids[0] == tok.BOS and ids[-1] == tok.EOS
     assert tok.encode("nodule") != tok.encode("cyst")
@@ -92,7 +94,6 @@ def test_batched_prompts_of_different_lengths_match_one_at_a_time(attention):
         batched = model(images, prompts).logits
         single = torch.cat([model(images[i : i + 1], [p]).logits for i, p in enumerate(prompts)])
     torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
-    assert torch.equal(batched > 0, single > 0) or (batched - single).abs().max() < 1e-4
 
 
 def test_the_prompt_changes_the_prediction():
