@@ -83,6 +83,7 @@ class DecoderConfig:
     base_temperature: float = 1.0  # tau0; layer l uses tau0 / (1 + l)
     threshold: float | None = None  # always-attend tokens with sigmoid >= threshold (None: none)
     attention_impl: str = "gather"  # sampled sets: "gather" the drawn tokens, or "dense" attention with a mask
+    existence: bool = False  # existence head (BiomedParse v2): is the prompted target in the image?
 
 
 @dataclass

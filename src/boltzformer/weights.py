@@ -41,6 +41,8 @@ def map_official_key(key: str) -> str | None:
         ("backbone.", "backbone."),
         ("sem_seg_head.pixel_decoder.", "pixel_decoder."),
         ("sem_seg_head.predictor.language_encoder.", "text_encoder."),
+        # BiomedParse v2's existence head (classifier_query, classifier_*_layers, classifier)
+        ("sem_seg_head.predictor.classifier", "decoder.existence.classifier"),
         ("sem_seg_head.predictor.", "decoder."),
         ("output_deconv.", "pigma.deconv."),
         ("output_conv.", "pigma.conv."),

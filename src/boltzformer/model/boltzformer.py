@@ -52,12 +52,15 @@ class BoltzFormerOutput:
     ``aux_logits``: query-mean logits (B, 1, H/4, W/4) of the prior and layers 0..L-2 (deep
     supervision); empty unless ``return_aux``.
     ``sampling``: per layer, the attended tokens and distributions; empty unless ``return_sampling``.
+    ``existence_logits``: (B,) logits that the prompted target is in the image (sigmoid > 0.5:
+    present), or None for a model without an existence head.
     """
 
     logits: Tensor
     query_logits: Tensor
     aux_logits: list[Tensor] = field(default_factory=list)
     sampling: list[LayerSampling] = field(default_factory=list)
+    existence_logits: Tensor | None = None
 
 
 class BoltzFormer(nn.Module):
@@ -150,7 +153,11 @@ class BoltzFormer(nn.Module):
         else:
             logits = out.query_logits.mean(1, keepdim=True)
         return BoltzFormerOutput(
-            logits=logits, query_logits=out.query_logits, aux_logits=out.aux_logits, sampling=out.sampling
+            logits=logits,
+            query_logits=out.query_logits,
+            aux_logits=out.aux_logits,
+            sampling=out.sampling,
+            existence_logits=out.existence_logits,
         )
 
     def forward(
@@ -252,6 +259,7 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         pre_self_attention=dc.pre_self_attention,
         sampler=sampler,
         attention_impl=dc.attention_impl,
+        existence=dc.existence,
     )
     pigma = PiGMA(num_queries=dc.num_queries, hidden_channels=cfg.pigma_channels) if cfg.pigma else None
     decoder.gradient_checkpointing = cfg.gradient_checkpointing

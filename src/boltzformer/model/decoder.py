@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from boltzformer.model.existence import ExistenceHead
 from boltzformer.model.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from boltzformer.model.position import sine_position_encoding
 from boltzformer.model.text import TextFeatures
@@ -56,11 +57,13 @@ class DecoderOutput:
     """``query_logits``: (B, Q, H/4, W/4) mask logits of every query after the last layer.
     ``aux_logits``: query-mean logits (B, 1, H/4, W/4) of the earlier predictions (the prior and
     layers 0..L-2), for deep supervision; empty unless asked for.
-    ``sampling``: one :class:`LayerSampling` per layer; empty unless asked for."""
+    ``sampling``: one :class:`LayerSampling` per layer; empty unless asked for.
+    ``existence_logits``: (B,) is-the-target-there logits, or None without an existence head."""
 
     query_logits: Tensor
     aux_logits: list[Tensor] = field(default_factory=list)
     sampling: list[LayerSampling] = field(default_factory=list)
+    existence_logits: Tensor | None = None
 
 
 class BoltzmannDecoder(nn.Module):
@@ -79,6 +82,7 @@ class BoltzmannDecoder(nn.Module):
         attention_impl: how sampled sets are attended: "gather" (only the drawn tokens' keys and
             values are gathered; cost follows the draws) or "dense" (dense attention with the set as
             a mask, the reference code's form). Same result.
+        existence: build the existence head (BiomedParse v2's classifier; see ``model/existence.py``).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class BoltzmannDecoder(nn.Module):
         pre_self_attention: bool = True,
         sampler: BoltzmannSampler,
         attention_impl: str = "gather",
+        existence: bool = False,
     ) -> None:
         super().__init__()
         if hidden_dim % 2:
@@ -127,6 +132,7 @@ class BoltzmannDecoder(nn.Module):
             for _ in range(NUM_LEVELS)
         )
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.existence = ExistenceHead(hidden_dim, num_heads, ffn_dim, num_layers) if existence else None
 
     def _mask_embedding(self, queries: Tensor) -> Tensor:
         return self.mask_embed(self.decoder_norm(queries))  # B x Q x mask_dim
@@ -180,6 +186,8 @@ class BoltzmannDecoder(nn.Module):
             queries, text_tokens = self_attend(self.initial_self_attention_layer, queries, text_tokens)
             queries = self.initial_ffn_layer(queries)
         embedding = self._mask_embedding(queries)
+        # the existence head's state (B x 1 x C), or an empty placeholder so the block signature is fixed
+        cls_state = self.existence.initial(B) if self.existence is not None else queries.new_zeros(B, 0, C)
 
         aux_embeddings: list[Tensor] = []
         sampling: list[LayerSampling] = []
@@ -206,23 +214,29 @@ class BoltzmannDecoder(nn.Module):
             if indices is not None and self.attention_impl == "dense":
                 keep, indices, valid = selection.as_keep_mask(logits.shape[-1]), None, None
 
-            def block(queries: Tensor, text_tokens: Tensor, layer=layer, level=level, keep=keep, indices=indices, valid=valid):
+            def block(queries: Tensor, text_tokens: Tensor, cls_state: Tensor, layer=layer, level=level, keep=keep, indices=indices, valid=valid):
                 queries = self.transformer_cross_attention_layers[layer](
                     queries, src[level], pos=pos[level], query_pos=query_pos, keep=keep, indices=indices, valid=valid
                 )
                 queries, text_tokens = self_attend(self.transformer_self_attention_layers[layer], queries, text_tokens)
+                if self.existence is not None:
+                    both = torch.cat((queries, text_tokens), dim=1)
+                    cls_state = self.existence.step(layer, cls_state, both, both_pos, both_padding)
                 queries = self.transformer_ffn_layers[layer](queries)
-                return queries, text_tokens, self._mask_embedding(queries)
+                return queries, text_tokens, cls_state, self._mask_embedding(queries)
 
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # the attended sets were drawn above: recomputing the block is deterministic
-                queries, text_tokens, embedding = checkpoint(block, queries, text_tokens, use_reentrant=False)
+                queries, text_tokens, cls_state, embedding = checkpoint(block, queries, text_tokens, cls_state, use_reentrant=False)
             else:
-                queries, text_tokens, embedding = block(queries, text_tokens)
+                queries, text_tokens, cls_state, embedding = block(queries, text_tokens, cls_state)
 
         query_logits = torch.einsum("bqc,bchw->bqhw", embedding, mask_features)
         # the query mean of e . F is (mean e) . F: one channel per earlier prediction
         aux_logits = [
             torch.einsum("bqc,bchw->bqhw", e.mean(1, keepdim=True), mask_features) for e in aux_embeddings
         ]
-        return DecoderOutput(query_logits=query_logits, aux_logits=aux_logits, sampling=sampling)
+        existence_logits = self.existence.logit(cls_state) if self.existence is not None else None
+        return DecoderOutput(
+            query_logits=query_logits, aux_logits=aux_logits, sampling=sampling, existence_logits=existence_logits
+        )
