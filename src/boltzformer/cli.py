@@ -52,6 +52,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, default=None, help="validate every N steps")
     p.add_argument("--val-batches", type=int, default=None, help="validation batches per check (default: all)")
     p.add_argument("--no-deep-supervision", action="store_true", help="loss on the final prediction only")
+    p.add_argument("--existence", action="store_true",
+                   help="add the existence head (is the prompted target in the image?) and train it")
+    p.add_argument("--negatives", type=float, default=None, metavar="RATIO",
+                   help="negative prompts (targets absent from the image, empty masks) per training sample "
+                        "(default: 0.25 with --existence, else 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting, e.g. --set num_layers=9")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -76,6 +81,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled attention")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--samples", type=int, default=1,
+                   help="K > 1: K passes per image (sampling seeds seed..seed+K-1); the mean mask is scored and the "
+                        "report says how well the agreement of the passes predicts a poor mask")
+    p.add_argument("--lesion-iou", type=float, default=None,
+                   help="a predicted lesion detects a true one when IoU > this (default: any overlap)")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm, or pixels without spacing")
 
     p = sub.add_parser("predict", help="segment what a prompt names in an image")
     p.add_argument("--checkpoint", required=True)
@@ -108,6 +119,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-test", type=int, default=None, help="test images (default: the benchmark's 192)")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("import", help="convert a BiomedParse or MSD / nnU-Net dataset to a dataset folder, or validate a folder")
+    p.add_argument("source", help="dataset folder to read")
+    p.add_argument("--out", default=None, help="dataset folder to write (omit to validate a boltzformer folder in place)")
+    p.add_argument("--kind", default="auto", choices=["auto", "folder", "biomedparse", "msd"])
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--link", action="store_true", help="symlink the images instead of copying them (folder, biomedparse)")
+    p.add_argument("--site", default=None, help="msd: anatomical site in the prompts (default: from dataset.json)")
+    p.add_argument("--modality", default=None, help="msd: modality (default: from dataset.json)")
+    p.add_argument("--channel", type=int, default=0, help="msd: channel of multi-channel cases")
+    p.add_argument("--slice-step", type=int, default=1, help="msd: keep every k-th slice that holds a label")
+    p.add_argument("--negative-ratio", type=float, default=0.25, help="msd: slices without the label per positive slice")
+    p.add_argument("--rename", action="append", default=[], metavar="LABEL=NAME", help='msd: e.g. --rename "cancer=liver tumor"')
+    p.add_argument("--seed", type=int, default=0, help="msd: seed of the negative slices")
     return parser
 
 
@@ -136,6 +161,12 @@ def _train_configs(args: argparse.Namespace):
         tc.val_every = args.val_every
     tc.val_batches = args.val_batches
     tc.deep_supervision = not args.no_deep_supervision
+    if args.existence:
+        model_cfg.decoder.existence = True
+    negatives = args.negatives if args.negatives is not None else (0.25 if model_cfg.decoder.existence else 0.0)
+    if not negatives >= 0:
+        raise ValueError(f"--negatives must be >= 0, got {args.negatives}")
+    tc.negative_ratio = negatives
     tc.warmup_steps = min(tc.warmup_steps, max(1, tc.max_steps // 10))
     return model_cfg, tc
 
@@ -168,10 +199,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if not str(args.out).endswith(".json"):
         raise ValueError(f"--out must be a .json file, got {args.out}")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1 (passes per image), got {args.samples}")
     _check_data_arg(args.data)
     model = load_checkpoint(args.checkpoint)
     dataset = open_dataset(args.data, args.split, seed=args.data_seed, synthetic_size=model.config.image_size)
-    report = evaluate_model(model, dataset, batch_size=args.batch_size, seed=args.seed, limit=args.limit, progress=True)
+    report = evaluate_model(model, dataset, batch_size=args.batch_size, seed=args.seed, limit=args.limit, progress=True,
+                            samples=args.samples, lesion_iou=args.lesion_iou, nsd_tolerance=args.nsd_tolerance)
     report["checkpoint"] = str(args.checkpoint)
     report["data"] = args.data
     report["split"] = args.split
@@ -299,10 +333,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from boltzformer.data.importers import import_dataset
+
+    renames = dict(pair.split("=", 1) for pair in args.rename if "=" in pair)
+    if len(renames) != len(args.rename):
+        raise ValueError(f"--rename expects LABEL=NAME, got {args.rename}")
+    summary = import_dataset(args.source, args.out, kind=args.kind, overwrite=args.overwrite, link=args.link,
+                             site=args.site, modality=args.modality, channel=args.channel, slice_step=args.slice_step,
+                             negative_ratio=args.negative_ratio, label_names=renames, seed=args.seed)
+    print(summary.format())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "convert": cmd_convert, "explain": cmd_explain, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "convert": cmd_convert, "explain": cmd_explain, "demo": cmd_demo,
+                "import": cmd_import}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as exc:

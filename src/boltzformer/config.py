@@ -142,6 +142,8 @@ class TrainConfig:
     val_every: int = 250  # validation every this many steps
     val_batches: int | None = None  # validation batches per check (None: the whole split)
     seed: int = 0
+    negative_ratio: float = 0.0  # negative prompts (absent targets, empty masks) per training sample
+    existence_weight: float = 1.0  # weight of the existence head's BCE loss
 
 
 def _tiny() -> ModelConfig:

@@ -7,6 +7,7 @@ attention (the same seed gives the same mask) and maps the prediction back to th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -17,7 +18,30 @@ from boltzformer.model import BoltzFormer, ImageFeatures
 from boltzformer.model.text import check_prompts
 from boltzformer.transforms import Geometry, from_model_output, image_to_tensor, to_model_input
 
-__all__ = ["Predictor", "predict_probabilities"]
+__all__ = ["Prediction", "Predictor", "predict_probabilities"]
+
+
+@dataclass
+class Prediction:
+    """One prompt's result on one image, on the image's own pixel grid.
+
+    ``probability``: (H, W) float32 mask probability (the mean of the passes when ``samples`` > 1);
+    ``mask``: (H, W) bool, probability > threshold, and empty when the existence head says the target
+    is absent; ``existence``: probability that the target is in the image (None without the head);
+    ``std`` and ``agreement``: the spread of K sampling passes (None for one pass).
+    """
+
+    prompt: str
+    probability: np.ndarray
+    mask: np.ndarray
+    existence: float | None = None
+    std: np.ndarray | None = None
+    agreement: float | None = None
+
+    @property
+    def present(self) -> bool:
+        """The target is reported present: the existence head says so (or there is none) and the mask is not empty."""
+        return bool(self.mask.any())
 
 
 @torch.inference_mode()
@@ -46,6 +70,8 @@ class Predictor:
         seed: seed of the sampled attention; the same seed gives the same mask.
         bf16: run the model under bf16 autocast (less memory and, on CPUs with AVX-512 BF16 or GPUs,
             less time; probabilities differ from float32 by about 1e-2).
+        existence_threshold: with an existence head, masks are empty when the probability that the
+            target is in the image is below this (BiomedParse v2 gates at 0.5).
 
     Example:
         >>> predictor = Predictor(boltzformer.load_checkpoint("run/last.ckpt"))
@@ -53,10 +79,18 @@ class Predictor:
     """
 
     def __init__(
-        self, model: BoltzFormer, *, image_size: int | None = None, threshold: float = 0.5, seed: int = 0, bf16: bool = False
+        self,
+        model: BoltzFormer,
+        *,
+        image_size: int | None = None,
+        threshold: float = 0.5,
+        seed: int = 0,
+        bf16: bool = False,
+        existence_threshold: float = 0.5,
     ) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        for name, value in (("threshold", threshold), ("existence_threshold", existence_threshold)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
         if image_size is None:
             image_size = model.config.image_size if model.config is not None else 256
         if image_size % 32:
@@ -64,16 +98,22 @@ class Predictor:
         self.model = model.eval()
         self.image_size = image_size
         self.threshold = threshold
+        self.existence_threshold = existence_threshold
         self.seed = seed
         self.bf16 = bf16
         self._features: ImageFeatures | None = None
         self._geometry: Geometry | None = None
 
-    def _generator(self) -> torch.Generator:
-        return torch.Generator(device=self.model.device).manual_seed(self.seed)
+    def _generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator(device=self.model.device).manual_seed(self.seed + offset)
 
     def _autocast(self):
         return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    @property
+    def has_existence(self) -> bool:
+        """Whether the model has an existence head (it then says if the target is in the image)."""
+        return getattr(self.model.decoder, "existence", None) is not None
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
@@ -83,19 +123,39 @@ class Predictor:
             self._features = self.model.encode_image(tensor[None].to(self.model.device))
         self._geometry = geom
 
-    @torch.inference_mode()
-    def predict_proba(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
-        """Probability map (H, W) float32 of the target ``prompt`` names in ``image`` (None: the
-        image given to :meth:`set_image` last, encoded once for any number of prompts)."""
+    def _use_image(self, image: np.ndarray | None) -> None:
         if image is not None:
             self.set_image(image)
         if self._features is None or self._geometry is None:
             raise RuntimeError("no image: call set_image(image) first or pass image=...")
-        check_prompts([prompt], name="prompt")
+
+    @torch.inference_mode()
+    def _decode(self, prompt: str, offset: int = 0) -> tuple[Tensor, float | None]:
+        """(probability map (H, W) on the input's grid, existence probability or None) for one pass."""
+        assert self._features is not None and self._geometry is not None
         with self._autocast():
-            out = self.model.decode(self._features, [prompt], generator=self._generator())
+            out = self.model.decode(self._features, [prompt], generator=self._generator(offset))
         prob = from_model_output(out.logits[0, 0].float(), self._geometry).sigmoid()
-        return prob.cpu().numpy()
+        existence = None if out.existence_logits is None else float(out.existence_logits[0].float().sigmoid())
+        return prob, existence
+
+    @torch.inference_mode()
+    def predict_proba(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
+        """Probability map (H, W) float32 of the target ``prompt`` names in ``image`` (None: the
+        image given to :meth:`set_image` last, encoded once for any number of prompts). The map is
+        not gated by the existence head; :meth:`predict` and :meth:`segment` are."""
+        self._use_image(image)
+        check_prompts([prompt], name="prompt")
+        return self._decode(prompt)[0].cpu().numpy()
+
+    @torch.inference_mode()
+    def existence_probability(self, prompt: str, image: np.ndarray | None = None) -> float | None:
+        """Probability that the target ``prompt`` names is in the image; None without an existence head."""
+        if not self.has_existence:
+            return None
+        self._use_image(image)
+        check_prompts([prompt], name="prompt")
+        return self._decode(prompt)[1]
 
     @torch.inference_mode()
     def predict_samples(self, image: np.ndarray | None, prompt: str, samples: int) -> dict[str, np.ndarray | float]:
@@ -104,22 +164,20 @@ class Predictor:
 
         Returns:
             ``"mean"``: (H, W) mean probability; ``"std"``: (H, W) its pixel-wise standard deviation;
-            ``"mask"``: (H, W) bool, mean > threshold; ``"agreement"``: mean pairwise Dice of the
-            ``samples`` thresholded masks (1.0: every pass agrees; two empty masks agree).
+            ``"mask"``: (H, W) bool, mean > threshold (empty when the mean existence probability is
+            below ``existence_threshold``); ``"agreement"``: mean pairwise Dice of the ``samples``
+            thresholded masks (1.0: every pass agrees; two empty masks agree); ``"existence"``: the
+            mean existence probability, or None without an existence head.
         """
         if samples < 2:
             raise ValueError(f"samples must be >= 2 to measure agreement, got {samples}")
-        if image is not None:
-            self.set_image(image)
-        if self._features is None or self._geometry is None:
-            raise RuntimeError("no image: call set_image(image) first or pass image=...")
+        self._use_image(image)
         check_prompts([prompt], name="prompt")
-        probs = []
+        probs, existences = [], []
         for k in range(samples):
-            generator = torch.Generator(device=self.model.device).manual_seed(self.seed + k)
-            with self._autocast():
-                out = self.model.decode(self._features, [prompt], generator=generator)
-            probs.append(from_model_output(out.logits[0, 0].float(), self._geometry).sigmoid())
+            prob, existence = self._decode(prompt, k)
+            probs.append(prob)
+            existences.append(existence)
         stack = torch.stack(probs)  # K x H x W
         masks = (stack > self.threshold).flatten(1).float()  # K x HW
         inter = masks @ masks.T
@@ -128,13 +186,50 @@ class Predictor:
         dice = torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom))
         pairs = ~torch.eye(samples, dtype=torch.bool)
         mean = stack.mean(0)
+        existence = None if existences[0] is None else float(np.mean(existences))
+        mask = (mean > self.threshold).cpu().numpy()
+        if existence is not None and existence < self.existence_threshold:
+            mask = np.zeros_like(mask)
         return {
             "mean": mean.cpu().numpy(),
             "std": stack.std(0, unbiased=False).cpu().numpy(),
-            "mask": (mean > self.threshold).cpu().numpy(),
+            "mask": mask,
             "agreement": float(dice[pairs].mean()),
+            "existence": existence,
         }
 
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray | None, prompts: str | Sequence[str], *, samples: int = 1) -> list[Prediction]:
+        """Segment every prompt's target in one image, encoded once (the decoder runs per prompt, each
+        with the predictor's seed, so a prompt's mask does not depend on the others).
+
+        Args:
+            image: (H, W) or (H, W, 3); None: the image of the last :meth:`set_image`.
+            prompts: one prompt or several.
+            samples: K > 1 adds the uncertainty of K sampling passes (see :meth:`predict_samples`).
+
+        Returns:
+            One :class:`Prediction` per prompt, in order.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        check_prompts(prompts, name="prompt")
+        self._use_image(image)
+        results = []
+        for prompt in prompts:
+            if samples > 1:
+                s = self.predict_samples(None, prompt, samples)
+                results.append(
+                    Prediction(prompt, s["mean"], s["mask"], s["existence"], s["std"], s["agreement"])  # type: ignore[arg-type]
+                )
+                continue
+            prob, existence = self._decode(prompt)
+            mask = (prob > self.threshold).cpu().numpy()
+            if existence is not None and existence < self.existence_threshold:
+                mask = np.zeros_like(mask)
+            results.append(Prediction(prompt, prob.cpu().numpy(), mask, existence))
+        return results
+
     def predict(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
-        """Binary mask (H, W) bool of the target ``prompt`` names; ``image=None`` reuses the last one."""
-        return self.predict_proba(image, prompt) > self.threshold
+        """Binary mask (H, W) bool of the target ``prompt`` names; ``image=None`` reuses the last one.
+        Empty when the model's existence head says the target is absent."""
+        return self.segment(image, [prompt])[0].mask

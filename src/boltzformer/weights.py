@@ -148,9 +148,10 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
         target = key[len("model."):] if kind == "boltzformer" and key.startswith("model.") else key
         mapper = _MAPPERS[kind]
         if mapper is not None:
-            target = mapper(key)
+            # Lightning checkpoints of the official code (BiomedParse v2) prefix every key with "model."
+            target = mapper(key[len("model."):] if kind == "official" and key.startswith("model.") else key)
         if target is None:
-            report.unused[key] = _UNUSED_OFFICIAL.get(key, f"no counterpart in this model ({kind} layout)")
+            report.unused[key] = _UNUSED_OFFICIAL.get(key.removeprefix("model."), f"no counterpart in this model ({kind} layout)")
             continue
         if target not in own:
             report.unused[key] = f"this model has no {target}"

@@ -73,7 +73,7 @@ class ModelInputDataset(Dataset):
     """Pads each sample to a square and resizes it to ``image_size``; optional augmentation.
 
     Items: {"image": (3, S, S) 0-255, "mask": (1, S, S) in [0, 1] (soft where resized), "prompt",
-    "id"}. Augmentation, for training: a random square crop that keeps the whole target (zoom up to
+    "id", "present" (1.0 when the target is in the image, 0.0 for an empty mask)}. Augmentation, for training: a random square crop that keeps the whole target (zoom up to
     1 / ``min_crop``), flips (not for prompts that name a side: "left kidney" must stay left) and a
     small brightness / contrast change. It draws from torch's global generator, which Lightning's
     ``seed_everything(workers=True)`` seeds in every worker, so a run is reproducible from its seed.
@@ -94,6 +94,7 @@ class ModelInputDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.base[index]
         image, mask = s["image"], s["mask"]
+        present = float(s["present"]) if "present" in s else float(bool((mask > 0).any()))
         if self.augment is True:
             image, mask = _crop_around_target(image, mask, self.min_crop)
         image, geom = to_model_input(image, self.image_size)
@@ -107,4 +108,10 @@ class ModelInputDataset(Dataset):
         if self.augment is True:
             gain, shift = 1 + 0.3 * (torch.rand(()) - 0.5), 30 * (torch.rand(()) - 0.5)
             image = (image * gain + shift).clamp(0, 255)
-        return {"image": image.contiguous(), "mask": mask.contiguous(), "prompt": s["prompt"], "id": s["id"]}
+        return {
+            "image": image.contiguous(),
+            "mask": mask.contiguous(),
+            "prompt": s["prompt"],
+            "id": s["id"],
+            "present": present,
+        }

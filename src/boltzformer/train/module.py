@@ -51,13 +51,33 @@ class BoltzFormerModule(L.LightningModule):
     def create(cls, model_config: ModelConfig, train_config: TrainConfig) -> "BoltzFormerModule":
         return cls(config_to_dict(model_config), config_to_dict(train_config))
 
-    def _losses(self, batch: dict[str, Any], *, aux: bool) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    def _losses(self, batch: dict[str, Any], *, aux: bool, stage: str = "train") -> tuple[torch.Tensor, torch.Tensor, Any]:
         out = self.model(batch["image"], batch["prompt"], return_aux=aux)
-        main = self.loss(out.logits, batch["mask"])
+        target = batch["mask"]
+        present = batch.get("present")
+        existence = None
+        if out.existence_logits is not None and present is not None:
+            present = present.to(out.existence_logits.dtype)
+            existence = F.binary_cross_entropy_with_logits(out.existence_logits.float(), present.float())
+        if existence is not None:
+            # with an existence head, the masks learn from the images that hold their target; the head says
+            # whether there is one (the product of the two is the prediction)
+            keep = present > 0.5
+            if not bool(keep.any()):
+                # no positive in this batch: a zero that still touches every mask parameter (DDP needs it)
+                zero = out.logits.sum() * 0.0 + sum(a.sum() for a in out.aux_logits) * 0.0
+                return zero + self.train_config.existence_weight * existence, zero, out
+            pick = lambda x: x[keep]  # noqa: E731
+        else:
+            pick = lambda x: x  # noqa: E731
+        main = self.loss(pick(out.logits), pick(target))
         total = main
         if aux and out.aux_logits:
             w = self.train_config.aux_weight
-            total = total + w * sum(self.loss(a, batch["mask"]) for a in out.aux_logits) / len(out.aux_logits)
+            total = total + w * sum(self.loss(pick(a), pick(target)) for a in out.aux_logits) / len(out.aux_logits)
+        if existence is not None:
+            total = total + self.train_config.existence_weight * existence
+            self.log(f"{stage}/loss_existence", existence, batch_size=len(batch["prompt"]), sync_dist=stage == "val")
         return total, main, out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -68,7 +88,7 @@ class BoltzFormerModule(L.LightningModule):
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, main, out = self._losses(batch, aux=False)
+        _, main, out = self._losses(batch, aux=False, stage="val")
         B = len(batch["prompt"])
         logits = F.interpolate(out.logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
         pred = (logits > 0).float()

@@ -21,6 +21,7 @@ from boltzformer.atomic import write_json_atomic
 from boltzformer.checkpoint import CheckpointError, load_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, config_to_dict
 from boltzformer.data.loading import ModelInputDataset, open_dataset
+from boltzformer.data.negatives import WithNegatives
 from boltzformer.data.synthetic import SyntheticDataset
 from boltzformer.train.module import BoltzFormerModule
 
@@ -47,9 +48,12 @@ def _loaders(job: TrainJob) -> tuple[DataLoader, DataLoader]:
     size = job.model.image_size
     kwargs = {"seed": job.data_seed, "synthetic_size": size, "synthetic_counts": job.synthetic_counts}
     train_base = open_dataset(job.data, "train", **kwargs)
+    if tc.negative_ratio > 0:
+        train_base = WithNegatives(train_base, tc.negative_ratio, seed=job.data_seed)
     # the synthetic benchmark draws new images from its generator and places its objects anywhere:
     # flips are enough there; real data gets crops and intensity changes too
-    train_ds = ModelInputDataset(train_base, size, augment="flips" if isinstance(train_base, SyntheticDataset) else True)
+    synthetic = isinstance(train_base, SyntheticDataset) or isinstance(getattr(train_base, "base", None), SyntheticDataset)
+    train_ds = ModelInputDataset(train_base, size, augment="flips" if synthetic else True)
     val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size)
     sampler = RandomSampler(
         train_ds,
