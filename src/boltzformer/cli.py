@@ -133,6 +133,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-ratio", type=float, default=0.25, help="msd: slices without the label per positive slice")
     p.add_argument("--rename", action="append", default=[], metavar="LABEL=NAME", help='msd: e.g. --rename "cancer=liver tumor"')
     p.add_argument("--seed", type=int, default=0, help="msd: seed of the negative slices")
+    p.add_argument("--window", default=None, help="msd: CT window name (liver, lung, ...) or CENTER,WIDTH in HU (default: from the labels)")
     return parser
 
 
@@ -341,7 +342,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise ValueError(f"--rename expects LABEL=NAME, got {args.rename}")
     summary = import_dataset(args.source, args.out, kind=args.kind, overwrite=args.overwrite, link=args.link,
                              site=args.site, modality=args.modality, channel=args.channel, slice_step=args.slice_step,
-                             negative_ratio=args.negative_ratio, label_names=renames, seed=args.seed)
+                             negative_ratio=args.negative_ratio, label_names=renames, seed=args.seed,
+                             window=tuple(args.window.split(",")) if args.window and "," in args.window else args.window)
     print(summary.format())
     return 0
 

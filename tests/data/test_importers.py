@@ -14,6 +14,7 @@ from PIL import Image
 from boltzformer.data.folder import FolderDataset
 from boltzformer.data.importers import biomedparse_prompt, detect_kind, import_dataset, modality_phrase
 from boltzformer.data.io import DataError
+from boltzformer.data.windows import WINDOWS
 
 
 def _png(path: Path, array: np.ndarray) -> Path:
@@ -195,6 +196,7 @@ def _expected_counts(labels: dict[str, np.ndarray], values: tuple[int, ...], rat
 def test_msd_import_slices_labels_and_negatives(tmp_path):
     src, out = tmp_path / "Task03_Liver", tmp_path / "out"
     labels = _make_msd(src)
+    images = {case: nib.load(src / "imagesTr" / f"{case}.nii.gz").get_fdata() for case in labels}
     assert detect_kind(src) == "msd"
     summary = import_dataset(src, out, label_names={"cancer": "liver tumor"}, seed=0)
     pairs = _meta(out)["pairs"]
@@ -223,8 +225,15 @@ def test_msd_import_slices_labels_and_negatives(tmp_path):
     # one image per used slice, shared by the labels of that slice; CT windowed to 8-bit grey
     by_slice = {(p["patient"], p["slice"]): p["image"] for p in pairs}
     assert len(set(by_slice.values())) == len(by_slice) == _meta(out)["num_images"]
-    img = np.asarray(Image.open(out / pairs[0]["image"]))
-    assert img.dtype == np.uint8 and img.shape == (32, 32)
+    # CT: the liver window (the labels name the liver), the same HU -> grey map for every slice
+    assert _meta(out)["import"]["window"] == "liver"
+    center, width = WINDOWS["liver"]
+    for p in pairs[:6]:
+        hu = _display(images[p["patient"]], p["slice"])
+        want = np.rint(np.clip((hu - (center - width / 2)) / width * 255, 0, 255))
+        got = np.asarray(Image.open(out / p["image"]))
+        assert got.dtype == np.uint8 and got.shape == (32, 32)
+        assert np.abs(got.astype(int) - want).max() <= 1  # float32 rounding at exact halves
 
     # the folder loads, and no case lands in two splits
     seen: dict[str, str] = {}
@@ -274,6 +283,13 @@ def test_nnunet_v2_layout_regions_and_channels(tmp_path):
     assert {p["modality"] for p in pairs1} == {"MRI"} and pairs1[0]["prompt"] == "liver in abdomen MRI"
     first = pairs[0]["image"]
     assert not np.array_equal(np.asarray(Image.open(out / first)), np.asarray(Image.open(out1 / first)))
+    mr = np.stack([np.asarray(Image.open(out1 / p["image"])) for p in pairs1 if p["patient"] == "liver_0"])
+    assert mr.min() == 0 and mr.max() == 255  # MR: stretched between the case's percentiles, no window
+    assert _meta(out1)["import"]["window"] is None
+    import_dataset(src, tmp_path / "out2", channel=1, window=(100, 50), negative_ratio=0)  # windowed although MRI
+    assert _meta(tmp_path / "out2")["import"]["window"] == [100, 50]
+    with pytest.raises(ValueError, match="did you mean 'liver'"):
+        import_dataset(src, tmp_path / "out3", window="livr")
 
 
 def test_msd_v1_four_dimensional_volumes(tmp_path):
@@ -284,8 +300,15 @@ def test_msd_v1_four_dimensional_volumes(tmp_path):
     (src / "dataset.json").write_text(json.dumps(meta))
     import_dataset(src, tmp_path / "a", channel=1)
     assert _meta(tmp_path / "a")["pairs"][0]["prompt"] == "liver in brain T1 MRI"
-    with pytest.raises(DataError, match="has 2 channels, channel 2"):
+    with pytest.raises(DataError, match=r"has 2 channel\(s\), channel 2"):
         import_dataset(src, tmp_path / "b", channel=2, modality="T2")
+    single = tmp_path / "Task03_Liver"
+    _make_msd(single)
+    meta = json.loads((single / "dataset.json").read_text())
+    meta["modality"] = {"0": "CT", "1": "PET"}
+    (single / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"imagesTr/liver_0\.nii\.gz has 1 channel\(s\), channel 1"):
+        import_dataset(single, tmp_path / "c", channel=1)
 
 
 def test_msd_errors_name_the_file(tmp_path):
@@ -298,7 +321,7 @@ def test_msd_errors_name_the_file(tmp_path):
     src = tmp_path / "msd2"
     _make_msd(src)
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 7), np.uint8), AFFINE), src / "labelsTr" / "liver_1.nii.gz")
-    with pytest.raises(DataError, match=r"labelsTr/liver_1\.nii\.gz has shape \(32, 32, 7\) but its image .*imagesTr/liver_1\.nii\.gz"):
+    with pytest.raises(DataError, match=r"labelsTr/liver_1\.nii\.gz has shape \(32, 32, 7\).* but its image .*imagesTr/liver_1\.nii\.gz"):
         import_dataset(src, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))  # nothing half-written
 
@@ -382,3 +405,29 @@ def test_shared_folder_datasets_validate(shared_data):
     summary = import_dataset(shared_data / "kvasir_small_polyp")
     meta = json.loads((shared_data / "kvasir_small_polyp" / "meta.json").read_text())
     assert summary.kind == "folder" and summary.n_pairs == len(meta["pairs"]) and summary.n_negative == 0
+
+
+def test_cli_import_then_train(tmp_path, capsys):
+    from boltzformer.cli import main
+
+    src, out, run = tmp_path / "Task03_Liver", tmp_path / "liver", tmp_path / "run"
+    _make_msd(src)
+    assert main(["import", str(src), "--out", str(out), "--rename", "cancer=liver tumor", "--negative-ratio", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "liver tumor in abdomen CT" in printed and "negatives" in printed
+    assert main(["import", str(out)]) == 0  # validate the result in place
+    micro = ["--max-steps", "2", "--batch-size", "2", "--val-every", "2", "--val-batches", "1", "--image-size", "64",
+             "--set", "num_layers=3", "--set", "num_queries=4", "--quiet"]
+    assert main(["train", "--data", str(out), "--out", str(run), *micro]) == 0
+    assert (run / "last.ckpt").is_file()
+
+    assert main(["import", str(src), "--out", str(out)]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    (src / "dataset.json").unlink()
+    assert main(["import", str(src), "--out", str(tmp_path / "x")]) == 2
+    assert "dataset.json not found" in capsys.readouterr().err
+    assert main(["import", str(src), "--out", str(tmp_path / "x"), "--rename", "cancer"]) == 2
+    assert "LABEL=NAME" in capsys.readouterr().err
+    assert main(["import", str(src), "--out", str(tmp_path / "x"), "--window", "40,x"]) == 2
+    assert "(center, width) in HU" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -459,8 +459,6 @@ _SITE_WORDS = {
     "colon": "colon", "lung": "lung", "prostate": "prostate", "breast": "breast", "chest": "chest",
     "pelvis": "pelvis",
 }
-_CT_WINDOW = (40.0, 400.0)  # (level, width) in HU, soft tissue: the fallback when medical.py gives none
-_MR_PERCENTILES = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
@@ -538,51 +536,43 @@ def _msd_cases(source: Path, ending: str, channel: int) -> list[tuple[str, Path,
     return cases
 
 
-def _load_case(image_path: Path, label_path: Path, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image (D, H, W) float32 and label (D, H, W) int volumes, axial slices first, in display orientation.
+def _load_case(image_path: Path, label_path: Path, channel: int | None) -> tuple[Any, np.ndarray]:
+    """The case's image (a :class:`~boltzformer.data.medical.MedicalImage`, (D, H, W) axial slices in
+    display orientation) and its label volume in the same order, checked to lie on the same grid.
 
-    Written against nibabel: boltzformer.data.medical (the project's medical I/O) did not exist yet.
-    The volume is turned to RAS+ (``as_closest_canonical``), then each axial slice is shown the
-    radiological way: rows from anterior to posterior, columns from the patient's right to left.
+    ``channel``: the channel to take from a file that holds them all (MSD v1 4D), None for a file of one
+    channel (nnU-Net v2 ``<case>_<channel:04d>``).
     """
+    from boltzformer.data.medical import load_image, read_label
+
+    if channel is None:
+        return (image := load_image(image_path)), read_label(label_path, image)
     import nibabel as nib
 
-    def load(path: Path):
-        try:
-            return nib.as_closest_canonical(nib.load(str(path)))
-        except Exception as e:  # nibabel raises several kinds for unreadable files
-            raise DataError(f"{path} could not be read as NIfTI: {type(e).__name__}: {e}") from e
-
-    img, lab = load(image_path), load(label_path)
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    if data.ndim == 4:  # MSD v1 multi-modal: (X, Y, Z, C)
-        if not 0 <= channel < data.shape[3]:
-            raise DataError(f"{image_path} has {data.shape[3]} channels, channel {channel} was asked")
-        data = data[..., channel]
-    labels = np.asarray(lab.dataobj)
-    if labels.ndim == 4 and labels.shape[3] == 1:
-        labels = labels[..., 0]
-    if data.ndim != 3 or labels.shape != data.shape:
-        raise DataError(f"label {label_path} has shape {labels.shape} but its image {image_path} has shape "
-                        f"{data.shape}; they must be voxel-aligned")
-    if not np.allclose(img.affine, lab.affine, atol=1e-3):
-        raise DataError(f"label {label_path} and its image {image_path} have different affines (voxel grids)")
-    # (X, Y, Z) RAS+ -> (Z, Y, X) slices first, then rows anterior -> posterior, columns right -> left
-    def display(v: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(v.transpose(2, 1, 0)[:, ::-1, ::-1])
-
-    return display(data), display(np.rint(labels).astype(np.int64))
+    try:
+        header = nib.load(str(image_path))
+    except Exception as e:  # nibabel raises several kinds for unreadable files
+        raise DataError(f"image file {image_path} could not be read as NIfTI: {type(e).__name__}: {e}") from e
+    n_channels = header.shape[3] if len(header.shape) == 4 else 1
+    if not 0 <= channel < n_channels:
+        raise DataError(f"{image_path} has {n_channels} channel(s), channel {channel} was asked")
+    if n_channels == 1:
+        return (image := load_image(image_path)), read_label(label_path, image)
+    # load_image reads 3D volumes only: the channel goes through a scratch 3D file, so that its
+    # orientation and grid checks are exactly those of every other case
+    with tempfile.TemporaryDirectory(prefix="boltzformer-channel-") as scratch:
+        one = Path(scratch) / f"{image_path.name.split('.')[0]}_channel{channel}.nii"
+        nib.save(header.slicer[..., channel], one)
+        image = load_image(one)
+    image.path = image_path
+    return image, read_label(label_path, image)
 
 
-def _to_uint8(volume: np.ndarray, modality: str, site: str | None) -> np.ndarray:
-    """The whole volume to 8 bits at once (so that slices of a case share one scale): CT windowed, else percentiles."""
-    if modality.strip().upper() == "CT":
-        level, width = (-600.0, 1500.0) if site == "lung" else _CT_WINDOW
-        lo, hi = level - width / 2, level + width / 2
-    else:
-        lo, hi = (float(x) for x in np.percentile(volume, _MR_PERCENTILES))
-    scaled = (volume - lo) / max(hi - lo, 1e-6)
-    return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+def _ct_window(targets: Sequence[str], site: str | None) -> str:
+    """The CT window of a dataset: the site its targets and site name ("liver tumor in abdomen CT" -> liver)."""
+    from boltzformer.data.windows import DEFAULT_CT_WINDOW, window_for_prompt
+
+    return window_for_prompt(" ".join([*targets, "in", site or "", "CT"])) or DEFAULT_CT_WINDOW
 
 
 def _case_rng(seed: int, case: str, label: str) -> np.random.Generator:
@@ -594,11 +584,23 @@ def _case_rng(seed: int, case: str, label: str) -> np.random.Generator:
 def _import_msd(
     source: Path, out: Path, *, overwrite: bool, site: str | None, modality: str | None, channel: int,
     slice_step: int, negative_ratio: float, label_names: Mapping[str, str] | None, seed: int,
+    window: str | tuple[float, float] | None,
 ) -> ImportSummary:
+    from boltzformer.data.windows import to_uint8
+
     if not (isinstance(slice_step, int) and slice_step >= 1):
         raise ValueError(f"slice_step must be an integer >= 1, got {slice_step!r}")
+    if not (isinstance(channel, int) and channel >= 0):
+        raise ValueError(f"channel must be an integer >= 0, got {channel!r}")
     if not (0.0 <= negative_ratio < float("inf")):
         raise ValueError(f"negative_ratio must be a number >= 0, got {negative_ratio!r}")
+    if window is not None and not isinstance(window, str):
+        try:
+            window = (float(window[0]), float(window[1])) if len(window) == 2 else window
+        except (TypeError, ValueError):
+            raise ValueError(f"window must be a window name or (center, width) in HU, got {window!r}") from None
+    if window is not None:
+        to_uint8(np.zeros(1, np.float32), window=window)  # a bad window fails now, before any file is read
     layout = _read_msd_json(source)
     label_names = dict(label_names or {})
     unknown = sorted(set(label_names) - set(layout.labels))
@@ -614,15 +616,20 @@ def _import_msd(
         site = _guess_site(layout)
         notes.append(f"site {site!r} guessed from {MSD_FILE} name/description; pass --site to set it" if site
                      else f"no site found in {MSD_FILE} name/description; prompts name none (pass --site)")
+    targets = {name: label_names.get(name, name.replace("_", " ")) for name in layout.labels}
+    is_ct = modality.strip().upper() == "CT"
+    if window is None and is_ct:
+        window = _ct_window(list(targets.values()), site)
     cases = _msd_cases(source, layout.file_ending, channel)
     _check_out(source, out, overwrite)
     with _FolderWriter(out, overwrite) as w:
         for case, image_path, label_path in cases:
-            volume, labels = _load_case(image_path, label_path, channel)
-            pixels = _to_uint8(volume, modality, site)
+            in_file = None if image_path.name == f"{case}_{channel:04d}{layout.file_ending}" else channel
+            image, labels = _load_case(image_path, label_path, in_file)
+            pixels = to_uint8(image.array, modality=modality, window=window)  # one scale for the whole case
             written: dict[int, str] = {}
             for name, values in layout.labels.items():
-                target = label_names.get(name, name.replace("_", " "))
+                target = targets[name]
                 prompt = biomedparse_prompt(target, modality, site)
                 present = np.isin(labels, values)  # (D, H, W)
                 per_slice = present.reshape(len(present), -1).sum(1)
@@ -641,11 +648,12 @@ def _import_msd(
             "dataset": layout.name or out.name,
             "description": layout.description or f"imported from {source}",
             "import": {"kind": "msd", "source": str(source), "channel": channel, "slice_step": slice_step,
-                       "negative_ratio": negative_ratio, "seed": seed, "cases": len(cases)},
+                       "negative_ratio": negative_ratio, "seed": seed, "cases": len(cases), "window": window},
             "conventions": {
-                "image": "8-bit grey PNG of one axial slice (rows anterior->posterior, columns right->left); "
-                         + ("CT windowed" if modality.upper() == "CT" else "intensities scaled between the volume's "
-                            f"{_MR_PERCENTILES[0]} and {_MR_PERCENTILES[1]} percentiles"),
+                "image": "8-bit grey PNG of one axial slice, rows anterior -> posterior, columns patient right -> "
+                         "left (boltzformer.data.medical); "
+                         + (f"CT window {window!r}" if window is not None else "intensities stretched between the "
+                            "0.5 and 99.5 percentiles of the case's non-zero voxels"),
                 "mask": "8-bit, 0/255: voxels of the label's values in that slice",
                 "negative": "true for a slice of the case without the label (empty mask)",
                 "patient": "the case id, so that splits keep cases apart",
@@ -669,6 +677,7 @@ def import_dataset(
     negative_ratio: float = 0.25,
     label_names: Mapping[str, str] | None = None,
     seed: int = 0,
+    window: str | tuple[float, float] | None = None,
 ) -> ImportSummary:
     """Convert (or validate) a dataset into the folder format read by :class:`~boltzformer.data.folder.FolderDataset`.
 
@@ -686,6 +695,9 @@ def import_dataset(
         negative_ratio: msd: negatives (slices without the label, empty mask) per positive slice.
         label_names: msd: rename labels in prompts, e.g. ``{"cancer": "liver tumor"}``.
         seed: msd: which negative slices are drawn.
+        window: msd: a CT window name of :data:`boltzformer.data.windows.WINDOWS` or (center, width) in
+            HU, applied whatever the modality; default for CT: the site the labels and ``site`` name
+            (:func:`~boltzformer.data.windows.window_for_prompt`), else none (percentile stretch).
 
     Returns:
         an :class:`ImportSummary`.
@@ -710,4 +722,5 @@ def import_dataset(
     if kind == "biomedparse":
         return _import_biomedparse(source, out, overwrite=overwrite, link=link)
     return _import_msd(source, out, overwrite=overwrite, site=site, modality=modality, channel=channel,
-                       slice_step=slice_step, negative_ratio=negative_ratio, label_names=label_names, seed=seed)
+                       slice_step=slice_step, negative_ratio=negative_ratio, label_names=label_names, seed=seed,
+                       window=window)
