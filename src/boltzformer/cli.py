@@ -88,14 +88,28 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="a predicted lesion detects a true one when IoU > this (default: any overlap)")
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm, or pixels without spacing")
 
-    p = sub.add_parser("predict", help="segment what a prompt names in an image")
+    p = sub.add_parser("predict", help="segment what prompts name in images, volumes or folders of them")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--image", required=True, help="PNG, JPEG or TIFF image")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="mask PNG (0/255); an overlay is written beside it")
+    p.add_argument("--input", "--image", dest="input", required=True,
+                   help="an image (PNG, JPEG, TIFF), a volume (NIfTI, DICOM file or series folder) or a folder of them")
+    p.add_argument("--prompt", required=True, action="append", help="text prompt; repeat for several targets")
+    p.add_argument("--out", required=True,
+                   help="a folder (one mask per file and prompt, a record, summary.json; resumable), or for one 2D "
+                        "image and one prompt a mask .png with its overlay beside it")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--existence-threshold", type=float, default=0.5,
+                   help="with an existence head: empty mask when the target's probability of being there is lower")
+    p.add_argument("--modality", default=None, help="CT, MR, ... (default: from the file or the prompt)")
+    p.add_argument("--window", default=None,
+                   help="CT window: a site (lung, abdomen, liver, pancreas, bone, brain, soft_tissue, ...) or CENTER,WIDTH "
+                        "in HU (default: the site the prompt names)")
+    p.add_argument("--axis", default=None, help="volumes: axial (default), coronal, sagittal, or 0/1/2 of the file")
+    p.add_argument("--context", default="2d", choices=["2d", "2.5d"],
+                   help="volumes: each slice alone, or with its neighbours as the RGB channels (BiomedParse v2)")
+    p.add_argument("--batch-size", type=int, default=8, help="volumes: slices per forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (less memory)")
+    p.add_argument("--quiet", action="store_true", help="no per-slice progress")
     p.add_argument("--samples", type=int, default=1,
                    help="K > 1: K passes with sampling seeds seed..seed+K-1; the mask is their mean; writes the "
                         "uncertainty map and the agreement score beside it")
@@ -225,55 +239,99 @@ def _save_png_atomic(images: dict[Path, Any]) -> None:
             img.save(tmp, format="PNG")
 
 
+def _window_arg(window: str | None):
+    if window is None or "," not in window:
+        return window
+    try:
+        center, width = (float(v) for v in window.split(","))
+    except ValueError:
+        raise ValueError(f"--window expects a site name or CENTER,WIDTH in HU, got {window!r}") from None
+    return center, width
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from boltzformer.checkpoint import load_checkpoint
+    from boltzformer.inference import find_inputs, run_batch, summary_table
+    from boltzformer.model.text import check_prompts
+
+    prompts = check_prompts(args.prompt, name="--prompt")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    window = _window_arg(args.window)
+    out = Path(args.out)
+    if out.suffix.lower() == ".png":
+        return _predict_one_image(args, prompts, window)
+    if args.samples > 1:
+        raise ValueError("--samples applies to one 2D image with --out MASK.png")
+    inputs = find_inputs(args.input)
+    model = load_checkpoint(args.checkpoint)
+    progress = None
+    if len(inputs) == 1 and not args.quiet:
+        progress = lambda done, total: print(f"\r  slice {done}/{total}", end="" if done < total else "\n", file=sys.stderr)  # noqa: E731
+    rows = run_batch(
+        model, inputs, prompts, out, modality=args.modality, window=window, axis=args.axis, context=args.context,
+        batch_size=args.batch_size, seed=args.seed, threshold=args.threshold,
+        existence_threshold=args.existence_threshold, progress=progress,
+    )
+    print(summary_table(rows))
+    errors = sum(r.status == "error" for r in rows)
+    print(f"{out / 'summary.json'}: {len(rows)} (file, prompt) pairs, {errors} failed")
+    return 1 if errors else 0
+
+
+def _predict_one_image(args: argparse.Namespace, prompts: list[str], window) -> int:
     import numpy as np
     from PIL import Image
 
+    from boltzformer.atomic import write_json_atomic
     from boltzformer.checkpoint import load_checkpoint
-    from boltzformer.data.io import read_image
-    from boltzformer.model.text import check_prompts
+    from boltzformer.data.medical import load_image
+    from boltzformer.data.windows import to_uint8
+    from boltzformer.lesions import lesions
     from boltzformer.predict import Predictor
     from boltzformer.visualize import overlay
 
     out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out must be a .png file, got {args.out}")
-    check_prompts([args.prompt], name="--prompt")
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
-    image = read_image(args.image)
-    predictor = Predictor(load_checkpoint(args.checkpoint), threshold=args.threshold, seed=args.seed, bf16=args.bf16)
+    if len(prompts) != 1:
+        raise ValueError(f"--out {out} is one mask file: give one --prompt, or a folder as --out for {len(prompts)} prompts")
+    prompt = prompts[0]
+    source = load_image(args.input, modality=args.modality)
+    if source.is_volume:
+        raise ValueError(f"--input {args.input} is a volume: give a folder as --out (the mask is written as NIfTI)")
+    image = to_uint8(source, window=window, prompt=prompt)
+    predictor = Predictor(load_checkpoint(args.checkpoint), threshold=args.threshold, seed=args.seed, bf16=args.bf16,
+                          existence_threshold=args.existence_threshold)
     t0 = time.perf_counter()
     extra: dict[Path, Any] = {}
     if args.samples > 1:
-        result = predictor.predict_samples(image, args.prompt, args.samples)
-        prob, mask = result["mean"], result["mask"]
+        result = predictor.predict_samples(image, prompt, args.samples)
+        prob, mask, existence = result["mean"], result["mask"], result["existence"]
         std = result["std"]
         extra[out.with_name(out.stem + "_uncertainty.png")] = Image.fromarray((np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8))
     else:
-        prob = predictor.predict_proba(image, args.prompt)
-        mask = prob > args.threshold
+        [res] = predictor.segment(image, [prompt])
+        prob, mask, existence = res.probability, res.mask, res.existence
     elapsed = time.perf_counter() - t0
     overlay_path = out.with_name(out.stem + "_overlay.png")
     _save_png_atomic(
-        {out: Image.fromarray((mask * 255).astype(np.uint8)), overlay_path: overlay(image, mask, label=args.prompt), **extra}
+        {out: Image.fromarray((mask * 255).astype(np.uint8)), overlay_path: overlay(image, mask, label=prompt), **extra}
     )
     if args.samples > 1:
-        from boltzformer.atomic import write_json_atomic
-
         write_json_atomic({"samples": args.samples, "seed": args.seed, "agreement": result["agreement"],
                            "mean_std_in_mask": float(std[mask].mean()) if mask.any() else None},
                           out.with_name(out.stem + "_uncertainty.json"))
         print(f"agreement of the {args.samples} passes (mean pairwise Dice): {result['agreement']:.3f}")
-    from boltzformer.atomic import write_json_atomic
-    from boltzformer.lesions import lesions
-
-    found = lesions(mask, probability=prob)
+    spacing = tuple(source.spacing[:2]) if source.spacing else None
+    found = lesions(mask, probability=prob, spacing=spacing)
     write_json_atomic([x.to_dict() for x in found], out.with_name(out.stem + "_lesions.json"))
     for x in found[:5]:
         print(f"  lesion {x.label}: {x.area_px} px at (row {x.centroid[0]:.0f}, col {x.centroid[1]:.0f}), mean probability {x.mean_probability:.2f}")
     if len(found) > 5:
         print(f"  ... {len(found) - 5} more in {out.stem}_lesions.json")
+    if existence is not None:
+        print(f"existence: {existence:.3f} (target {'present' if existence >= args.existence_threshold else 'absent'})")
     area = float(mask.mean())
     print(f"{out}: {len(found)} lesion(s), {int(mask.sum())} pixels ({100 * area:.3f}% of the image), max probability {float(prob.max()):.3f}, {elapsed:.2f} s")
     print(f"overlay: {overlay_path}")

@@ -1,0 +1,346 @@
+"""Files in, masks out: images and volumes, many prompts, whole folders, resumable.
+
+- :func:`segment_volume`: a (D, H, W) uint8 volume, slice by slice in batches (each slice encoded
+  once for all prompts), optionally 2.5D (neighbouring slices as channels) -> one mask per prompt.
+- :func:`segment_file`: any file :func:`~boltzformer.data.medical.load_image` reads -> intensities
+  normalised as the modality / prompt / window say -> :class:`FileResult`.
+- :func:`run_batch`: a file or a folder of them, every prompt; writes one mask per (file, prompt)
+  atomically beside a small JSON record, skips the pairs whose outputs are already complete (so an
+  interrupted run resumes), and reports a bad file and goes on with the others.
+
+Output layout of :func:`run_batch` in ``out``: ``<input name>/<prompt slug>.png`` (2D; plus
+``_overlay.png`` and ``_lesions.json``) or ``<prompt slug>.nii.gz`` (volumes, in the input's geometry),
+and ``<prompt slug>.json`` (the record, written last), then ``summary.json`` for the whole run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from boltzformer.model import BoltzFormer
+from boltzformer.model.text import check_prompts
+from boltzformer.transforms import from_model_output, image_to_tensor, to_model_input
+
+__all__ = ["FileResult", "PromptResult", "SummaryRow", "find_inputs", "prompt_slug", "run_batch", "segment_file", "segment_volume", "summary_table"]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".dicom")
+
+
+@dataclass
+class PromptResult:
+    """One prompt on one image or volume, on the input's own grid (``array`` order of the image).
+
+    ``mask``: bool (H, W) or (D, H, W); ``probability``: float32 of the same shape;
+    ``existence``: per slice (D,) for volumes, one value for 2D, None without an existence head."""
+
+    prompt: str
+    mask: np.ndarray
+    probability: np.ndarray
+    existence: np.ndarray | float | None = None
+
+
+@dataclass
+class FileResult:
+    image: object  # boltzformer.data.medical.MedicalImage
+    display: np.ndarray  # the uint8 intensities the model saw, (H, W[, 3]) or (D, H, W)
+    results: list[PromptResult]
+    seconds: float
+
+
+@dataclass
+class SummaryRow:
+    """One line of the run summary."""
+
+    file: str
+    prompt: str
+    status: str  # "done", "skipped" (already complete) or "error"
+    present: bool | None = None
+    area_px: int | None = None  # pixels (2D) or voxels (volumes) in the mask
+    area_mm: float | None = None  # mm^2 (2D) or mm^3 (volumes) when the spacing is known
+    existence: float | None = None  # max over slices for volumes
+    seconds: float | None = None
+    output: str | None = None
+    error: str | None = None
+
+
+def prompt_slug(prompt: str) -> str:
+    """A file-name-safe name for a prompt: ``"Lung nodule in CT"`` -> ``"lung_nodule_in_ct_<6 hex>"``."""
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60]
+    digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:6]
+    return f"{slug or 'prompt'}_{digest}"  # the digest keeps prompts that differ in punctuation apart
+
+
+@torch.inference_mode()
+def segment_volume(
+    model: BoltzFormer,
+    volume: np.ndarray,
+    prompts: Sequence[str],
+    *,
+    context: str = "2d",
+    batch_size: int = 8,
+    seed: int = 0,
+    threshold: float = 0.5,
+    existence_threshold: float = 0.5,
+    image_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[PromptResult]:
+    """Segment every prompt in every slice of a (D, H, W) uint8 volume.
+
+    Slices go through the image encoder ``batch_size`` at a time, once for all prompts; the decoder
+    runs per prompt on the batch. The sampled attention of batch ``b`` and prompt ``p`` draws from a
+    generator seeded with ``(seed, b, p)``, so the same seed and batch size give the same masks.
+    With an existence head, the slices where the target is judged absent get an empty mask.
+
+    Args:
+        context: ``"2d"`` or ``"2.5d"`` (RGB = slice, previous, next; see
+            :func:`~boltzformer.data.windows.volume_slices`).
+        progress: called with (slices done, slices) after each batch.
+    """
+    from boltzformer.data.windows import volume_slices
+
+    if volume.ndim != 3 or volume.dtype != np.uint8:
+        raise ValueError(f"volume must be a (D, H, W) uint8 array, got {volume.dtype} {volume.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prompts = check_prompts(prompts, name="prompt")
+    size = image_size or (model.config.image_size if model.config is not None else 256)
+    slices = volume_slices(volume, context=context)
+    D, H, W = volume.shape
+    model.eval()
+    probs = np.zeros((len(prompts), D, H, W), dtype=np.float32)
+    existence = np.ones((len(prompts), D), dtype=np.float32) if model.decoder.existence is not None else None
+    for b, start in enumerate(range(0, D, batch_size)):
+        idx = range(start, min(D, start + batch_size))
+        inputs, geoms = zip(*(to_model_input(image_to_tensor(slices[d]), size) for d in idx))
+        features = model.encode_image(torch.stack(inputs).to(model.device))
+        for p, prompt in enumerate(prompts):
+            generator = torch.Generator(device=model.device).manual_seed(_mix(seed, b, p))
+            out = model.decode(features, [prompt] * len(idx), generator=generator)
+            prob = from_model_output(out.logits[:, 0].float(), geoms[0]).sigmoid().cpu().numpy()
+            probs[p, start : start + len(idx)] = prob
+            if existence is not None:
+                existence[p, start : start + len(idx)] = out.existence_logits.float().sigmoid().cpu().numpy()
+        if progress is not None:
+            progress(idx[-1] + 1, D)
+    results = []
+    for p, prompt in enumerate(prompts):
+        mask = probs[p] > threshold
+        if existence is not None:
+            mask &= (existence[p] >= existence_threshold)[:, None, None]
+        results.append(PromptResult(prompt, mask, probs[p], None if existence is None else existence[p]))
+    return results
+
+
+def _mix(*values: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(values).encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def segment_file(
+    model: BoltzFormer,
+    path: str | Path,
+    prompts: Sequence[str],
+    *,
+    modality: str | None = None,
+    window: str | tuple[float, float] | None = None,
+    axis: str | int | None = None,
+    context: str = "2d",
+    batch_size: int = 8,
+    seed: int = 0,
+    threshold: float = 0.5,
+    existence_threshold: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+) -> FileResult:
+    """Read one image, volume or DICOM series and segment every prompt in it.
+
+    The intensities are normalised once per file (:func:`~boltzformer.data.windows.to_uint8`): a CT
+    window by name or ``(center, width)``, else the window of the site the first prompt names, else
+    percentiles for non-CT; 8-bit files as they are.
+
+    Raises:
+        DataError: the file cannot be read (the message names it).
+    """
+    from boltzformer.data.medical import load_image
+    from boltzformer.data.windows import to_uint8
+    from boltzformer.predict import Predictor
+
+    prompts = check_prompts(prompts, name="prompt")
+    t0 = time.perf_counter()
+    image = load_image(path, modality=modality, axis=axis)
+    display = to_uint8(image, window=window, prompt=prompts[0])
+    if image.is_volume:
+        results = segment_volume(
+            model, display, prompts, context=context, batch_size=batch_size, seed=seed, threshold=threshold,
+            existence_threshold=existence_threshold, progress=progress,
+        )
+    else:
+        predictor = Predictor(model, threshold=threshold, seed=seed, existence_threshold=existence_threshold)
+        results = [PromptResult(r.prompt, r.mask, r.probability, r.existence) for r in predictor.segment(display, prompts)]
+    return FileResult(image=image, display=display, results=results, seconds=time.perf_counter() - t0)
+
+
+def find_inputs(path: str | Path) -> list[Path]:
+    """The inputs under ``path``: the file itself, a DICOM series folder, or every image file and
+    sub-folder (a DICOM series each) of a folder, sorted. Hidden entries are ignored."""
+    from boltzformer.data.io import DataError
+    from boltzformer.data.medical import _is_dicom_file
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"--input {path} does not exist")
+    if path.is_file():
+        return [path]
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file()]
+    if any(p.suffix.lower() in (".dcm", ".dicom") or (p.suffix == "" and _is_dicom_file(p)) for p in files):
+        return [path]  # the folder is one DICOM series
+    found = [p for p in entries if p.is_dir() or p.name.lower().endswith(_IMAGE_SUFFIXES)]
+    if not found:
+        raise DataError(f"--input {path} holds no image files ({', '.join(_IMAGE_SUFFIXES)}) and no DICOM series folders")
+    return found
+
+
+def _input_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", *_IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _complete_record(record_path: Path) -> dict | None:
+    """The record of a finished (file, prompt), or None when it or its mask is missing or altered."""
+    try:
+        record = json.loads(record_path.read_text())
+        mask = record_path.parent / record["output"]
+        return record if mask.is_file() and _sha256(mask) == record["sha256"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_outputs(file_result: FileResult, r: PromptResult, folder: Path, slug: str) -> tuple[Path, dict]:
+    from PIL import Image
+
+    from boltzformer.atomic import atomic_paths, write_json_atomic
+    from boltzformer.data.medical import write_mask
+    from boltzformer.lesions import lesions
+    from boltzformer.visualize import overlay
+
+    image = file_result.image
+    spacing = image.spacing  # type: ignore[attr-defined]
+    if image.is_volume:  # type: ignore[attr-defined]
+        out = write_mask(r.mask, image, folder / f"{slug}.nii.gz")  # type: ignore[arg-type]
+        voxel = float(np.prod(spacing)) if spacing else None
+        exist = None if r.existence is None else float(np.max(r.existence))
+        extra = {"slices_with_target": int(r.mask.any(axis=(1, 2)).sum())}
+        area_mm = float(r.mask.sum()) * voxel if voxel else None
+    else:
+        out = folder / f"{slug}.png"
+        with atomic_paths(out, folder / f"{slug}_overlay.png") as (tmp_mask, tmp_overlay):
+            Image.fromarray(r.mask.astype(np.uint8) * 255).save(tmp_mask, format="PNG")
+            overlay(file_result.display, r.mask, label=r.prompt).save(tmp_overlay, format="PNG")
+        pixel = tuple(spacing[:2]) if spacing else None
+        found = lesions(r.mask, probability=r.probability, spacing=pixel)
+        write_json_atomic([x.to_dict() for x in found], folder / f"{slug}_lesions.json")
+        exist = None if r.existence is None else float(r.existence)  # type: ignore[arg-type]
+        extra = {"lesions": len(found)}
+        area_mm = float(r.mask.sum()) * pixel[0] * pixel[1] if pixel else None
+    record = {
+        "file": str(image.path),  # type: ignore[attr-defined]
+        "prompt": r.prompt,
+        "output": out.name,
+        "sha256": _sha256(out),
+        "present": bool(r.mask.any()),
+        "area_px": int(r.mask.sum()),
+        "area_mm": area_mm,
+        "existence": exist,
+        "max_probability": float(r.probability.max()) if r.probability.size else 0.0,
+        **extra,
+    }
+    return out, record
+
+
+def run_batch(
+    model: BoltzFormer,
+    inputs: Sequence[Path],
+    prompts: Sequence[str],
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    **options,
+) -> list[SummaryRow]:
+    """Segment every prompt in every input; see the module docstring for the outputs.
+
+    A (file, prompt) whose record and mask exist and agree is skipped ("skipped"). A file that cannot
+    be read is reported (``log``) and recorded as "error"; the others go on. ``options`` are
+    :func:`segment_file`'s.
+    """
+    from boltzformer.atomic import write_json_atomic
+    from boltzformer.data.io import DataError
+
+    prompts = check_prompts(prompts, name="--prompt")
+    out = Path(out)
+    rows: list[SummaryRow] = []
+    for path in inputs:
+        folder = out / _input_name(path)
+        slugs = [prompt_slug(p) for p in prompts]
+        done = {p: _complete_record(folder / f"{s}.json") for p, s in zip(prompts, slugs)}
+        todo = [p for p in prompts if done[p] is None]
+        for p in prompts:
+            if done[p] is not None:
+                rec = done[p]
+                rows.append(SummaryRow(str(path), p, "skipped", rec["present"], rec["area_px"], rec["area_mm"],
+                                       rec["existence"], None, str(folder / rec["output"])))
+        if not todo:
+            continue
+        try:
+            result = segment_file(model, path, todo, **options)
+        except (DataError, ValueError) as exc:
+            log(f"error: {exc} (skipped)")
+            rows.extend(SummaryRow(str(path), p, "error", error=str(exc)) for p in todo)
+            continue
+        per_prompt = result.seconds / len(todo)
+        for r in result.results:
+            slug = prompt_slug(r.prompt)
+            written, record = _write_outputs(result, r, folder, slug)
+            record["seconds"] = per_prompt
+            write_json_atomic(record, folder / f"{slug}.json")  # last: marks the pair complete
+            rows.append(SummaryRow(str(path), r.prompt, "done", record["present"], record["area_px"], record["area_mm"],
+                                   record["existence"], per_prompt, str(written)))
+    write_json_atomic([asdict(r) for r in rows], out / "summary.json")
+    return rows
+
+
+def summary_table(rows: Sequence[SummaryRow]) -> str:
+    """The run summary as an aligned text table; errors are listed under it."""
+    header = ("file", "prompt", "status", "present", "area", "existence", "time (s)")
+    lines = [header]
+    for r in rows:
+        unit = "mm3" if (r.output or "").endswith(".nii.gz") else "mm2"
+        area = "" if r.area_px is None else f"{r.area_px}" + (f" ({r.area_mm:.1f} {unit})" if r.area_mm is not None else "")
+        lines.append((
+            Path(r.file).name, r.prompt, r.status,
+            "" if r.present is None else ("yes" if r.present else "no"), area,
+            "" if r.existence is None else f"{r.existence:.2f}", "" if r.seconds is None else f"{r.seconds:.2f}",
+        ))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    table = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    errors = {r.file: r.error for r in rows if r.status == "error"}
+    return "\n".join(table + [f"error: {Path(f).name}: {e}" for f, e in errors.items()])
