@@ -109,7 +109,9 @@ def test_nifti_volume_in_display_orientation(tmp_path):
         assert img.array[dhw] == hu[ijk]
     zooms = np.sqrt((_oblique_affine()[:3, :3] ** 2).sum(0))
     assert np.allclose(img.spacing, [zooms[1], zooms[0], zooms[2]], atol=1e-4)
-    assert img.meta["source_dtype"] == "int16"
+    assert img.meta["source_dtype"] == "float32"  # scaled: not the stored values
+    raw8 = load_image(_nifti(tmp_path / "u8.nii", data.astype(np.uint8)))
+    assert raw8.meta["source_dtype"] == "uint8" and np.array_equal(to_uint8(raw8), raw8.array)  # 8-bit: as stored
 
 
 def test_nifti_views_and_file_axes(tmp_path):

@@ -121,7 +121,7 @@ def read_dicom_file(path: str | os.PathLike, *, max_pixels: int) -> tuple[np.nda
     """
     path = Path(path)
     ds = _read_header(path, required=True)
-    if "PixelData" not in ds and "Rows" not in ds:
+    if "Rows" not in ds:  # read without pixel data: Rows tells an image from a report or a DICOMDIR
         raise DataError(f"DICOM file {path} holds no image (SOP class {ds.get('SOPClassUID', 'unknown')})")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:

@@ -222,7 +222,7 @@ def _read_nifti(path: Path, what: str) -> tuple[np.ndarray, Any, tuple[int, ...]
     return data, img, shape
 
 
-def _orientation(affine: np.ndarray | None, volume_shape: tuple[int, ...], axis: str | int | None, path: Path) -> np.ndarray:
+def _orientation(affine: np.ndarray | None, axis: str | int | None, path: Path) -> np.ndarray:
     """nibabel ornt (3, 2): file axis i -> array axis ornt[i, 0], flipped where ornt[i, 1] == -1."""
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
@@ -257,7 +257,7 @@ def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
 def _volume(file3d: np.ndarray, affine: np.ndarray | None, zooms, axis, path: Path) -> tuple[np.ndarray, np.ndarray, tuple | None]:
     from nibabel.orientations import apply_orientation
 
-    ornt = _orientation(affine, file3d.shape, axis, path)
+    ornt = _orientation(affine, axis, path)
     array = np.ascontiguousarray(apply_orientation(file3d, ornt), dtype=np.float32)
     spacing = None
     if zooms is not None:
@@ -321,7 +321,10 @@ def load_image(
         file3d, img, file_shape = _read_nifti(path, "image")
         zooms = (tuple(img.header.get_zooms()) + (1.0, 1.0))[:3]  # a 2D file: 1 mm between its one "slice"
         array, ornt, spacing = _volume(file3d, img.affine, zooms, axis, path)
-        meta = dict(format="nifti", source_dtype=img.get_data_dtype().name, header=img.header.copy(), nifti_class=type(img),
+        # nibabel moves scl_slope / scl_inter from the header to the array proxy
+        scaled = getattr(img.dataobj, "slope", 1.0) != 1.0 or getattr(img.dataobj, "inter", 0.0) != 0.0
+        meta = dict(format="nifti", source_dtype="float32" if scaled else img.get_data_dtype().name,
+                    header=img.header.copy(), nifti_class=type(img),
                     ornt=ornt, file_shape=file_shape, volume_shape=file3d.shape, axis=axis if axis is not None else "axial")
         return MedicalImage(array, True, spacing, np.array(img.affine), _normalise_modality(modality), path, meta)
     if suffix in _TIFF:
@@ -495,11 +498,11 @@ def read_label(path: str | os.PathLike, reference: MedicalImage | None = None) -
 
         file3d, img, _ = _read_nifti(path, "label")
         if reference is None:
-            return _integer_labels(apply_orientation(file3d, _orientation(img.affine, file3d.shape, None, path)), path)
+            return _integer_labels(apply_orientation(file3d, _orientation(img.affine, None, path)), path)
         if not reference.is_volume or reference.affine is None:
             raise DataError(f"label file {path} is a NIfTI volume{where} is {'a 2D image' if not reference.is_volume else 'a volume without geometry'}")
         view = reference.meta["axis"]
-        ornt = _orientation(img.affine, file3d.shape, view, path) if isinstance(view, str) else reference.meta["ornt"]
+        ornt = _orientation(img.affine, view, path) if isinstance(view, str) else reference.meta["ornt"]
         labels = apply_orientation(file3d, ornt)
         if labels.shape != reference.array.shape:
             raise DataError(
