@@ -362,8 +362,8 @@ def _binary_array(mask: np.ndarray, name: str) -> np.ndarray:
 
 def _nifti_bytes(image: Any, path: Path) -> bytes:
     raw = image.to_bytes()
-    # mtime=0: the same mask gives the same file
-    return gzip.compress(raw, compresslevel=6, mtime=0) if _suffix(path) == ".nii.gz" else raw
+    # nibabel's level for .nii.gz; mtime=0: the same mask gives the same file
+    return gzip.compress(raw, compresslevel=1, mtime=0) if _suffix(path) == ".nii.gz" else raw
 
 
 def write_mask(mask: np.ndarray, reference: MedicalImage, path: str | os.PathLike) -> Path:

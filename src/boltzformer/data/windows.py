@@ -122,9 +122,12 @@ def _resolve_window(window: str | tuple[float, float]) -> tuple[float, float]:
 
 
 def _apply_window(array: np.ndarray, center: float, width: float) -> np.ndarray:
-    lower = center - width / 2
-    scaled = (array.astype(np.float32) - lower) / width * 255.0  # this order keeps exact halves exact
-    return np.rint(np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255)).astype(np.uint8)
+    scaled = np.subtract(array, center - width / 2, dtype=np.float32)  # in place below: volumes are large
+    scaled /= width  # then * 255: this order keeps exact halves exact (-600 HU in L-600 W1500 -> 127.5)
+    scaled *= 255.0
+    np.clip(scaled, 0, 255, out=scaled)
+    np.nan_to_num(scaled, copy=False, nan=0.0)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def _percentile_stretch(array: np.ndarray) -> np.ndarray:
