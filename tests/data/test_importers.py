@@ -175,7 +175,7 @@ def _make_msd(root: Path, *, v2: bool = False, channels: int = 1) -> dict[str, n
         labels[case] = lab
     (root / "labelsTr" / "._liver_0.nii.gz").write_bytes(b"AppleDouble")  # as in the MSD archives
     if v2:
-        meta = {"channel_names": {"0": "CT", "1": "MRI"}, "labels": {"background": 0, "liver": 1, "tumor": 2, "any": [1, 2]},
+        meta = {"channel_names": {"0": "CT", "1": "MRI"}, "labels": {"background": 0, "liver": 1, "tumor": 2, "any": [1, 2], "ignore": 3},
                 "file_ending": ".nii.gz", "name": "Dataset003_Liver"}
     else:
         meta = {"name": "Liver", "description": "Liver and tumour segmentation", "modality": {"0": "CT"},
@@ -398,7 +398,7 @@ def test_folder_validation_lists_every_problem(tmp_path):
     assert f"{pairs[0]['mask']} (pair {pairs[0]['id']!r}) has grey values [1]" in text and "reads as empty" in text
     assert f"{pairs[1]['mask']} is 5x5 but its image" in text
     assert pairs[4]["image"].split("/")[-1] in text and "could not be read" in text
-    assert f"pair {pairs[2]['id']!r} is marked negative" in text
+    assert f"{pairs[2]['mask']} (pair {pairs[2]['id']!r}) is marked negative" in text
 
 
 def test_shared_folder_datasets_validate(shared_data):

@@ -46,6 +46,7 @@ __all__ = [
     "detect_kind",
     "import_dataset",
     "modality_phrase",
+    "validate_folder",
 ]
 
 KINDS = ("auto", "folder", "biomedparse", "msd")
@@ -291,23 +292,12 @@ def detect_kind(source: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- folder
-def _mask_problem(path: Path) -> str | None:
-    """Why a mask file is not a clean 0/255 mask, or None."""
-    with Image.open(path) as im:
-        values = np.unique(np.asarray(im.convert("L")))
-    extra = sorted(set(values.tolist()) - {0, 255})
-    if extra:
-        hint = " (a 0/1 mask reads as empty: write 0/255)" if set(values.tolist()) <= {0, 1} else ""
-        return f"has grey values {extra[:5]}, expected 0 and 255 only{hint}"
-    return None
-
-
 def validate_folder(root: str | os.PathLike) -> ImportSummary:
     """Check a folder dataset file by file and summarise it.
 
     Checks: ``meta.json`` fields and files (as :class:`FolderDataset`), every image and mask decodes,
-    masks hold only 0 and 255 and have their image's size, ``mask_pixels`` (when given) matches the
-    mask, and ``negative: true`` pairs have empty masks.
+    masks hold only 0 and 255 (a 0/1 mask would read as empty) and have their image's size,
+    ``mask_pixels`` (when given) matches the mask, and ``negative: true`` pairs have empty masks.
 
     Raises:
         DataError: listing every problem found (up to 20), each naming its file.
@@ -318,31 +308,32 @@ def validate_folder(root: str | os.PathLike) -> ImportSummary:
     problems: list[str] = []
     sizes: dict[Path, tuple[int, int]] = {}
     for pair, rp in zip(ds.pairs, raw):
+        where = f"mask {pair.mask_rel} (pair {pair.id!r})"
         try:
             if pair.image not in sizes:
                 sizes[pair.image] = read_image(pair.image).shape[:2]
             with Image.open(pair.mask) as im:
-                im.load()
-                mask_hw = (im.height, im.width)
+                grey = np.asarray(im.convert("L"))
         except DataError as e:
             problems.append(str(e))
             continue
         except Exception as e:  # Pillow raises several kinds for corrupt files
-            problems.append(f"mask {pair.mask_rel} (pair {pair.id!r}) could not be read: {type(e).__name__}: {e}")
+            problems.append(f"{where} could not be read: {type(e).__name__}: {e}")
             continue
-        if mask_hw != sizes[pair.image]:
-            problems.append(f"mask {pair.mask_rel} is {mask_hw[0]}x{mask_hw[1]} but its image {pair.image_rel} "
-                            f"is {sizes[pair.image][0]}x{sizes[pair.image][1]}")
+        (ih, iw), (mh, mw) = sizes[pair.image], grey.shape
+        if (mh, mw) != (ih, iw):
+            problems.append(f"mask {pair.mask_rel} is {mh}x{mw} but its image {pair.image_rel} is {ih}x{iw}")
             continue
-        why = _mask_problem(pair.mask)
-        if why:
-            problems.append(f"mask {pair.mask_rel} (pair {pair.id!r}) {why}")
+        values = set(np.unique(grey).tolist())
+        if values - {0, 255}:
+            hint = " (a 0/1 mask reads as empty: write 0/255)" if values <= {0, 1} else ""
+            problems.append(f"{where} has grey values {sorted(values - {0, 255})[:5]}, expected 0 and 255 only{hint}")
             continue
-        n = int(np.count_nonzero(np.asarray(Image.open(pair.mask).convert("L"))))
+        n = int(np.count_nonzero(grey))
         if "mask_pixels" in rp and rp["mask_pixels"] != n:
-            problems.append(f"mask {pair.mask_rel}: meta.json says mask_pixels={rp['mask_pixels']}, the file has {n}")
+            problems.append(f"{where}: meta.json says mask_pixels={rp['mask_pixels']}, the file has {n}")
         if rp.get("negative") is True and n:
-            problems.append(f"mask {pair.mask_rel}: pair {pair.id!r} is marked negative but its mask has {n} pixels")
+            problems.append(f"{where} is marked negative but its mask has {n} pixels")
         rp.setdefault("mask_pixels", n)
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -495,7 +486,8 @@ def _read_msd_json(source: Path) -> _MsdLayout:
             name, values = str(k), tuple(v)
         else:
             raise DataError(f'{path} "labels": cannot read entry {k!r}: {v!r} (expected "1": "name" or "name": 1)')
-        if values != (0,) and name.strip().lower() != "background":
+        # nnU-Net v2's "ignore" label marks voxels nobody annotated: no target
+        if values != (0,) and name.strip().lower() not in ("background", "ignore"):
             labels[name.strip()] = values
     if not labels:
         raise DataError(f'{path} "labels" names only the background; nothing to segment')
