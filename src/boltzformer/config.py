@@ -84,6 +84,7 @@ class DecoderConfig:
     threshold: float | None = None  # always-attend tokens with sigmoid >= threshold (None: none)
     attention_impl: str = "gather"  # sampled sets: "gather" the drawn tokens, or "dense" attention with a mask
     existence: bool = False  # existence head (BiomedParse v2): is the prompted target in the image?
+    decoder_impl: str = "efficient"  # "efficient", or "reference": the reference code's costlier formulation (benchmarks)
 
 
 @dataclass
@@ -110,6 +111,11 @@ class ModelConfig:
             )
         if self.decoder.attention_impl not in ("gather", "dense"):
             raise ValueError(f"decoder.attention_impl must be 'gather' or 'dense', got {self.decoder.attention_impl!r}")
+        if self.decoder.decoder_impl not in ("efficient", "reference"):
+            raise ValueError(
+                f"decoder.decoder_impl must be 'efficient' or 'reference', got {self.decoder.decoder_impl!r}"
+                + _did_you_mean(self.decoder.decoder_impl, ("efficient", "reference"))
+            )
         if not 0 < self.decoder.sample_ratio <= 1:
             raise ValueError(f"decoder.sample_ratio must be in (0, 1], got {self.decoder.sample_ratio}")
         if self.decoder.base_temperature <= 0:
