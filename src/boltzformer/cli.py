@@ -1,4 +1,4 @@
-"""Command line: ``boltzformer train | evaluate | predict | explain | convert | demo``.
+"""Command line: ``boltzformer train | evaluate | predict | explain | convert | demo | import | app``.
 
 Every command checks its inputs first; a bad input is one line on stderr naming the file or
 argument, exit code 2, and nothing half-written (outputs go to a temporary name, then are renamed).
@@ -148,6 +148,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rename", action="append", default=[], metavar="LABEL=NAME", help='msd: e.g. --rename "cancer=liver tumor"')
     p.add_argument("--seed", type=int, default=0, help="msd: seed of the negative slices")
     p.add_argument("--window", default=None, help="msd: CT window name (liver, lung, ...) or CENTER,WIDTH in HU (default: from the labels)")
+
+    p = sub.add_parser("app", help="a browser page to segment uploaded images and volumes (gradio, offline)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--port", type=int, default=None, help="default: the first free port from 7860")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     return parser
 
 
@@ -406,11 +411,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    import boltzformer.app
+
+    boltzformer.app.serve(args.checkpoint, host=args.host, port=args.port)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "convert": cmd_convert, "explain": cmd_explain, "demo": cmd_demo,
-                "import": cmd_import}
+                "import": cmd_import, "app": cmd_app}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as exc:

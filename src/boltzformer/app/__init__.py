@@ -1,0 +1,36 @@
+"""``boltzformer app``: a gradio page to segment an uploaded image with text prompts, offline.
+
+``core`` holds the plain functions (file + prompts + options -> results), importable without gradio;
+``ui`` holds the gradio layout (imported only by :func:`serve` and the browser test).
+
+Example:
+    >>> from boltzformer.app import load_upload, segment, summary_rows  # doctest: +SKIP
+    >>> image = load_upload("scan.png")  # doctest: +SKIP
+    >>> results = segment(Predictor(model), image, "lung nodule in CT scan", out_dir="out")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from boltzformer.app.core import (
+    AppImage,
+    PromptResult,
+    lesion_rows,
+    load_upload,
+    parse_prompts,
+    segment,
+    summary_rows,
+)
+
+__all__ = ["AppImage", "PromptResult", "lesion_rows", "load_upload", "parse_prompts", "segment", "serve", "summary_rows"]
+
+
+def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Load ``checkpoint`` and serve the app on ``host:port`` until interrupted."""
+    from boltzformer.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint)  # a bad checkpoint fails before gradio is imported
+    from boltzformer.app.ui import build_app, launch_app
+
+    launch_app(build_app(model), host=host, port=port, block=True)

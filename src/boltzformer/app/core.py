@@ -1,0 +1,359 @@
+"""What the app computes, without the browser: an uploaded file and prompts in, per-prompt results out.
+
+:func:`load_upload` reads a file through the same checked readers as the command line and enforces
+the pixel / voxel limit; :func:`segment` runs the predictor on it for each prompt (K sampling passes
+for the uncertainty map, the per-layer sampling maps, the lesion list, the existence probability
+when the model has an existence head) and writes one mask per prompt (PNG for 2D, NIfTI for a
+volume). :func:`summary_rows` and :func:`lesion_rows` turn the results into table rows. The gradio
+layout (``ui.py``) only wires these functions to widgets, so tests call them directly.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from boltzformer.data.io import DataError
+from boltzformer.data.medical import MedicalImage, write_mask
+from boltzformer.data.windows import to_uint8, volume_slices
+from boltzformer.explain import sampling_maps, save_sampling_grid
+from boltzformer.lesions import Lesion, lesions
+from boltzformer.model.text import check_prompts
+from boltzformer.predict import Predictor
+from boltzformer.visualize import overlay
+
+__all__ = [
+    "AppImage",
+    "MAX_PIXELS",
+    "MAX_PROMPTS",
+    "MAX_VOXELS",
+    "PromptResult",
+    "lesion_rows",
+    "load_upload",
+    "parse_prompts",
+    "segment",
+    "summary_rows",
+]
+
+MAX_PIXELS = 2**25  # 2D uploads: about 33 megapixels (5792 x 5792)
+MAX_VOXELS = 2**26  # volumes: about 67 M voxels (512 x 512 x 256)
+MAX_PROMPTS = 8
+MAX_ZIP_MEMBERS = 4096
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".zip")
+
+
+@dataclass
+class AppImage:
+    """An uploaded image: ``image`` as :func:`boltzformer.data.medical.load_image` read it (``array``
+    float32 (H, W) / (H, W, 3), or (D, H, W) slices-first in display orientation) and the name the
+    user gave the file."""
+
+    image: MedicalImage
+    name: str
+
+    @property
+    def is_volume(self) -> bool:
+        return self.image.is_volume
+
+    @property
+    def num_slices(self) -> int:
+        return self.image.array.shape[0] if self.is_volume else 1
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float] | None:
+        """(row, col) mm of the shown image, when the file says."""
+        spacing = self.image.spacing
+        if spacing is None:
+            return None
+        return (float(spacing[1]), float(spacing[2])) if self.is_volume else (float(spacing[0]), float(spacing[1]))
+
+    @property
+    def voxel_ml(self) -> float | None:
+        spacing = self.image.spacing
+        return float(np.prod(spacing)) / 1000 if self.is_volume and spacing is not None else None
+
+    def check_slice(self, index: int | None) -> int:
+        """The index of the shown slice (the middle one by default; 0 for 2D)."""
+        if not self.is_volume:
+            return 0
+        index = self.num_slices // 2 if index is None else int(index)
+        if not 0 <= index < self.num_slices:
+            raise ValueError(f"slice must be in [0, {self.num_slices - 1}], got {index}")
+        return index
+
+
+@dataclass
+class PromptResult:
+    """Everything shown for one prompt. Images are on the shown slice; ``mask_path`` holds the whole
+    mask (the image's grid, or every slice of a volume in the file's own geometry)."""
+
+    prompt: str
+    overlay: Image.Image
+    uncertainty: Image.Image
+    sampling_grid: Image.Image
+    lesions: list[Lesion]
+    existence: float | None
+    agreement: float
+    mask_pixels: int
+    area_fraction: float
+    max_probability: float
+    mask_path: Path
+    volume_voxels: int | None = None
+    volume_ml: float | None = None
+
+
+def parse_prompts(text: str, *, max_prompts: int = MAX_PROMPTS) -> list[str]:
+    """Prompts from a text box: one per line or separated by ';', blanks dropped, duplicates kept once."""
+    if not isinstance(text, str):
+        raise TypeError(f"prompts must be a string, got {type(text).__name__}")
+    prompts = list(dict.fromkeys(p.strip() for p in re.split(r"[;\n]", text) if p.strip()))
+    if not prompts:
+        raise ValueError("prompts: type at least one prompt, e.g. 'lung nodule in CT scan'")
+    if len(prompts) > max_prompts:
+        raise ValueError(f"prompts: at most {max_prompts} prompts at a time, got {len(prompts)}")
+    return check_prompts(prompts, name="prompt")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _header_shape(path: Path, suffix: str) -> tuple[tuple[int, ...], bool] | None:
+    """(shape, is_volume) from the file's header, without decoding the pixels; None when the header
+    cannot be read (the reader then says why)."""
+    try:
+        if suffix in (".nii", ".nii.gz"):
+            import nibabel as nib
+
+            return tuple(int(n) for n in nib.load(path).shape), True
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape = tuple(int(n) for n, a in zip(series.shape, series.axes) if a not in "S")
+                return shape, len(shape) > 2
+        if suffix == ".dcm":
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return (int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("Rows", 0)), int(ds.get("Columns", 0))), False
+        with Image.open(path) as img:
+            return (img.size[1], img.size[0]), False
+    except Exception:
+        return None
+
+
+def _check_size(name: str, shape: Sequence[int], is_volume: bool, *, max_pixels: int, max_voxels: int) -> None:
+    n = int(np.prod(shape, dtype=np.float64))
+    if is_volume and n > max_voxels:
+        raise DataError(f"{name}: volume of {tuple(shape)} = {n} voxels is over the app's limit of {max_voxels} voxels")
+    if not is_volume and n > max_pixels:
+        raise DataError(f"{name}: image of {tuple(shape)} = {n} pixels is over the app's limit of {max_pixels} pixels")
+
+
+def _unzip_series(path: Path, dest: Path, *, max_voxels: int) -> Path:
+    """Extract the files of a zipped DICOM series flat into ``dest`` (member names are not used as
+    paths, so nothing lands outside it), refusing archives that would expand past what ``max_voxels``
+    16-bit voxels and 64 KiB of header per file take."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir() and not Path(m.filename).name.startswith(".")
+                       and "__MACOSX" not in m.filename]
+            if not members:
+                raise DataError(f"{path.name}: the zip archive holds no files; expected the DICOM files of one series")
+            total = sum(m.file_size for m in members)
+            max_bytes = 2 * max_voxels + 65536 * len(members)
+            if len(members) > MAX_ZIP_MEMBERS or total > max_bytes:
+                raise DataError(f"{path.name}: the zip archive holds {len(members)} files, {total} bytes uncompressed; "
+                                f"the app takes at most {MAX_ZIP_MEMBERS} files and {max_bytes} bytes")
+            for i, m in enumerate(members):
+                # zipfile stops reading at the declared file_size, so the total above bounds what is written
+                with zf.open(m) as src, open(dest / f"{i:05d}_{Path(m.filename).name}", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except DataError:
+        raise
+    except Exception as exc:  # BadZipFile, CRC errors, truncated archives
+        raise DataError(f"{path.name} could not be read as a zip archive ({type(exc).__name__}: {exc})") from None
+    return dest
+
+
+def load_upload(path: str | Path, *, max_pixels: int = MAX_PIXELS, max_voxels: int = MAX_VOXELS) -> AppImage:
+    """Read an uploaded file with :func:`boltzformer.data.medical.load_image`, the command line's reader.
+
+    Takes PNG/JPEG/BMP, TIFF (8/16-bit, stacks), NIfTI (.nii, .nii.gz), a DICOM file (.dcm) or a zipped
+    DICOM series (.zip). The size is checked from the header before the pixels are decoded.
+
+    Raises:
+        DataError: unknown extension, unreadable file, or more pixels / voxels than allowed; the
+            message names the file and what was expected.
+    """
+    from boltzformer.data.medical import load_image
+
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in IMAGE_SUFFIXES + VOLUME_SUFFIXES:
+        raise DataError(f"{path.name}: unsupported file type {suffix or '(none)'}; expected one of "
+                        f"{', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)} (.zip: the DICOM files of one series)")
+    if suffix == ".zip":
+        with tempfile.TemporaryDirectory(prefix="boltzformer-dicom-") as folder:
+            _unzip_series(path, Path(folder), max_voxels=max_voxels)
+            image = load_image(folder)
+    else:
+        header = _header_shape(path, suffix)
+        if header is not None:
+            _check_size(path.name, *header, max_pixels=max_pixels, max_voxels=max_voxels)
+        image = load_image(path)
+    shape = image.array.shape if image.is_volume else image.array.shape[:2]
+    _check_size(path.name, shape, image.is_volume, max_pixels=max_pixels, max_voxels=max_voxels)
+    return AppImage(image, path.name)
+
+
+def _display(image: AppImage, prompt: str | None = None) -> np.ndarray:
+    """The whole image or volume as the model sees it, uint8: the CT window of the site the prompt
+    names, percentiles for other modalities, 8-bit files unchanged (one normalisation per volume)."""
+    return to_uint8(image.image, prompt=prompt)
+
+
+def preview(image: AppImage, slice_index: int | None = None) -> np.ndarray:
+    """The shown image (H, W) or (H, W, 3) uint8."""
+    display = _display(image)
+    return display[image.check_slice(slice_index)] if image.is_volume else display
+
+
+def _heat(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (H, W) -> RGB float (H, W, 3) black-red-yellow-white."""
+    v = np.clip(values, 0, 1)[..., None]
+    return np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], -1) * 255
+
+
+def uncertainty_image(image: np.ndarray, std: np.ndarray) -> Image.Image:
+    """The standard deviation of the K passes as a heat map (0 black -> 0.5 white) over the dimmed image."""
+    grey = image.astype(np.float32) if image.ndim == 2 else image[..., :3].astype(np.float32).mean(-1)
+    out = 0.35 * grey[..., None] + 0.65 * _heat(std / 0.5)
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
+
+
+def _existence(predictor: Predictor, prompt: str) -> float | None:
+    """The existence head's probability for the image last set, or None (no head, or an older predictor)."""
+    fn = getattr(predictor, "existence_probability", None)
+    if fn is None:
+        return None
+    value = fn(prompt)
+    return None if value is None else float(value)
+
+
+@torch.inference_mode()
+def segment(
+    predictor: Predictor,
+    image: AppImage,
+    prompts: str | Sequence[str],
+    *,
+    out_dir: str | Path,
+    samples: int = 4,
+    slice_index: int | None = None,
+    context: str = "2d",
+    progress: Callable[[float, str], None] | None = None,
+) -> list[PromptResult]:
+    """Segment ``image`` for each prompt with ``samples`` (K) sampling passes.
+
+    The mask is the mean probability of the K passes (sampling seeds ``predictor.seed`` ..
+    ``+ K - 1``) above ``predictor.threshold`` (empty when the existence head says the target is
+    absent). A volume is segmented slice by slice, every slice, for the NIfTI mask; the images, lesions
+    and existence probability are those of ``slice_index`` (default: the middle slice).
+
+    Args:
+        prompts: a list of prompts, or the text box's string (see :func:`parse_prompts`).
+        out_dir: folder for the mask files (``<name>_NN_<prompt>_mask.png`` or ``.nii.gz``).
+        context: volumes: ``"2d"`` (each slice alone) or ``"2.5d"`` (neighbours as the RGB channels).
+        progress: called with (fraction done, message) after each slice of a volume.
+    """
+    prompts = parse_prompts(prompts) if isinstance(prompts, str) else check_prompts(list(prompts), name="prompt")
+    if not 2 <= int(samples) <= 64:
+        raise ValueError(f"samples (K) must be in [2, 64], got {samples}")
+    shown = image.check_slice(slice_index)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", image.name.split(".")[0])[:60] or "image"
+    results = []
+    for i, prompt in enumerate(prompts):
+        display = _display(image, prompt)
+        slices = volume_slices(display, context=context) if image.is_volume else [display]
+        runs = []  # predict_samples' dict per slice
+        for k, slice_u8 in enumerate(slices):
+            runs.append(predictor.predict_samples(slice_u8, prompt, int(samples)))
+            if progress is not None and image.is_volume:
+                progress((i * len(slices) + k + 1) / (len(prompts) * len(slices)), f"{prompt}: slice {k + 1}/{len(slices)}")
+        shown_u8, run = slices[shown], runs[shown]
+        prob, mask = run["mean"], run["mask"]
+        if "existence" in run:  # the mean over the K passes
+            existence = run["existence"]
+        else:
+            if shown != len(slices) - 1:  # the predictor holds the last slice it encoded
+                predictor.set_image(shown_u8)
+            existence = _existence(predictor, prompt)
+        grid = save_sampling_grid(sampling_maps(predictor.model, shown_u8, prompt, seed=predictor.seed), shown_u8,
+                                  out_dir / f"{i + 1:02d}_{_slug(prompt)}_sampling.png")
+        whole = np.stack([r["mask"] for r in runs]) if image.is_volume else mask
+        suffix = ".nii.gz" if image.is_volume else ".png"
+        mask_path = write_mask(whole, image.image, out_dir / f"{stem}_{i + 1:02d}_{_slug(prompt)}_mask{suffix}")
+        voxels = int(whole.sum()) if image.is_volume else None
+        results.append(PromptResult(
+            prompt=prompt,
+            overlay=overlay(shown_u8, mask, label=prompt),
+            uncertainty=uncertainty_image(shown_u8, run["std"]),
+            sampling_grid=grid,
+            lesions=lesions(mask, probability=prob, spacing=image.pixel_spacing),
+            existence=existence,
+            agreement=float(run["agreement"]),
+            mask_pixels=int(mask.sum()),
+            area_fraction=float(mask.mean()),
+            max_probability=float(prob.max()),
+            mask_path=mask_path,
+            volume_voxels=voxels,
+            volume_ml=voxels * image.voxel_ml if voxels is not None and image.voxel_ml is not None else None,
+        ))
+    return results
+
+
+SUMMARY_HEADERS = ["prompt", "existence probability", "agreement of K passes", "lesions", "mask pixels",
+                   "% of image", "max probability", "volume"]
+LESION_HEADERS = ["prompt", "lesion", "area (px)", "area (mm²)", "centroid (row, col)", "box (r0, c0, r1, c1)",
+                  "mean probability"]
+
+
+def summary_rows(results: Sequence[PromptResult]) -> list[list]:
+    """One row per prompt (columns :data:`SUMMARY_HEADERS`); "n/a" where the model has no existence head."""
+    rows = []
+    for r in results:
+        volume = "-" if r.volume_voxels is None else f"{r.volume_voxels} voxels" + (
+            f" ({r.volume_ml:.2f} mL)" if r.volume_ml is not None else "")
+        rows.append([r.prompt, "n/a" if r.existence is None else f"{r.existence:.3f}", f"{r.agreement:.3f}",
+                     len(r.lesions), r.mask_pixels, f"{100 * r.area_fraction:.3f}", f"{r.max_probability:.3f}", volume])
+    return rows
+
+
+def lesion_rows(results: Sequence[PromptResult]) -> list[list]:
+    """One row per lesion of every prompt (columns :data:`LESION_HEADERS`), largest first."""
+    rows = []
+    for r in results:
+        for x in r.lesions:
+            rows.append([r.prompt, x.label, x.area_px, "-" if x.area_mm2 is None else f"{x.area_mm2:.2f}",
+                         f"({x.centroid[0]:.1f}, {x.centroid[1]:.1f})", str(x.bbox),
+                         "-" if x.mean_probability is None else f"{x.mean_probability:.3f}"])
+    return rows
