@@ -523,7 +523,6 @@ def tiny():
 
     torch.manual_seed(0)
     model = boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4).eval()
-    # a non-zero bias on the mask head's logits, so that masks are neither all empty nor all full
     return model
 
 
@@ -540,8 +539,8 @@ def test_predict_passes_are_the_single_passes_with_seeds_seed_to_seed_plus_k(tin
     items = [synthetic[i] for i in range(3)]
     images, prompts = [s["image"] for s in items], [s["prompt"] for s in items]
     gens = [torch.Generator().manual_seed(5 + k) for k in range(3)]
-    passes = predict_passes(tiny, images, prompts, image_size=64, generators=gens)
-    assert [p.shape for p in passes] == [(3, 64, 64)] * 3
+    passes, existence = predict_passes(tiny, images, prompts, image_size=64, generators=gens)
+    assert [p.shape for p in passes] == [(3, 64, 64)] * 3 and existence is None
     for k in range(3):
         single = predict_probabilities(tiny, images, prompts, image_size=64, generator=torch.Generator().manual_seed(5 + k))
         for p, s in zip(passes, single):
@@ -561,7 +560,7 @@ def test_evaluate_model_with_k_samples_is_reproducible_and_records_agreement(tin
     # the scored mask is the mean of the passes; the agreement is that of their thresholded masks
     items = [synthetic[i] for i in range(2)]
     gens = [torch.Generator().manual_seed(7 + k) for k in range(3)]
-    probs = predict_passes(tiny, [s["image"] for s in items], [s["prompt"] for s in items], image_size=64, generators=gens)
+    probs, _ = predict_passes(tiny, [s["image"] for s in items], [s["prompt"] for s in items], image_size=64, generators=gens)
     for s, p, rec in zip(items, probs, a["samples"]):
         dice = dice_per_sample((p.mean(0) > 0.5)[None, None], (s["mask"] >= 0.5)[None]).item()
         assert rec["dice"] == dice and rec["agreement"] == pairwise_agreement(p > 0.5)
@@ -606,3 +605,24 @@ def test_cli_evaluate_with_samples(tiny, tmp_path, capsys):
     assert main([*argv, "--samples", "0"]) == 2
     err = capsys.readouterr().err
     assert "--samples must be >= 1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_model_gates_masks_with_an_existence_head(synthetic):
+    import boltzformer
+    from boltzformer.evaluate import evaluate_model
+
+    torch.manual_seed(0)
+    model = boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4, existence=True).eval()
+    with torch.no_grad():
+        model.decoder.existence.classifier.weight.zero_()
+        model.decoder.existence.classifier.bias.fill_(30.0)  # "present" everywhere: no gating
+    present = evaluate_model(model, synthetic, batch_size=2, seed=1, samples=2, limit=2)
+    with torch.no_grad():
+        model.decoder.existence.classifier.bias.fill_(-30.0)  # "absent" everywhere: every mask empty
+    absent = evaluate_model(model, synthetic, batch_size=2, seed=1, samples=2, limit=2)
+    assert present["existence_threshold"] == 0.5
+    assert any(s["pred_area_fraction"] > 0 for s in present["samples"])  # the random model paints something
+    assert all(s["pred_area_fraction"] == 0 and s["dice"] == 0 for s in absent["samples"])
+    assert absent["boundary"]["hd95_missing"]["empty_prediction"] == 2
+    # the agreement is that of the passes' own masks, as Predictor.predict_samples reports it
+    assert [s["agreement"] for s in absent["samples"]] == [s["agreement"] for s in present["samples"]]

@@ -886,22 +886,28 @@ def write_report(
 @torch.inference_mode()
 def predict_passes(
     model: Any, images: Sequence[torch.Tensor], prompts: Sequence[str], *, image_size: int, generators: Sequence[torch.Generator]
-) -> list[torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Probability maps of K sampled passes, one per generator, for a batch of images (3, H_i, W_i) 0-255.
 
-    The images are encoded once and decoded K times. With one generator this is
+    The images are encoded once and decoded K times. With one generator the maps are those of
     :func:`boltzformer.predict.predict_probabilities` (same values, bit for bit).
 
     Returns:
-        One (K, H_i, W_i) float tensor of probabilities per image, on the CPU, on the image's own grid.
+        ``(probabilities, existence)``: one (K, H_i, W_i) float tensor of probabilities per image, on the
+        CPU, on the image's own grid; and (B, K) probabilities that the target is in the image, or
+        ``None`` for a model without an existence head.
     """
     from boltzformer.transforms import from_model_output, to_model_input
 
     inputs, geoms = zip(*(to_model_input(img, image_size) for img in images))
     features = model.encode_image(torch.stack(inputs).to(model.device))
-    passes = [model.decode(features, list(prompts), generator=g).logits.float() for g in generators]  # K x (B,1,h,w)
-    logits = torch.stack(passes, 1)[:, :, 0]  # B x K x h x w
-    return [from_model_output(lg, geom).sigmoid().cpu() for lg, geom in zip(logits, geoms)]
+    outs = [model.decode(features, list(prompts), generator=g) for g in generators]
+    logits = torch.stack([o.logits.float() for o in outs], 1)[:, :, 0]  # K x (B,1,h,w) -> B x K x h x w
+    probs = [from_model_output(lg, geom).sigmoid().cpu() for lg, geom in zip(logits, geoms)]
+    if getattr(outs[0], "existence_logits", None) is None:
+        return probs, None
+    existence = torch.stack([o.existence_logits.float() for o in outs], 1).sigmoid().cpu()  # K x (B,) -> B x K
+    return probs, existence
 
 
 def evaluate_model(
@@ -912,6 +918,7 @@ def evaluate_model(
     seed: int = 0,
     samples: int = 1,
     threshold: float = 0.5,
+    existence_threshold: float = 0.5,
     limit: int | None = None,
     lesion_iou: float | None = None,
     nsd_tolerance: float = NSD_TOLERANCE,
@@ -929,7 +936,9 @@ def evaluate_model(
     probability maps above ``threshold``, and each sample records the agreement of the K thresholded
     masks (:func:`pairwise_agreement`); the report's ``"uncertainty"`` says how well agreement predicts
     a poor mask. ``samples=1`` is the plain single pass with a generator seeded ``seed``. The same
-    ``seed``, ``samples`` and ``batch_size`` give a bit-identical report.
+    ``seed``, ``samples`` and ``batch_size`` give a bit-identical report. For a model with an existence
+    head the mask is empty where the mean probability that the target is there is below
+    ``existence_threshold``, as :class:`~boltzformer.predict.Predictor` does.
 
     Args:
         model: a :class:`~boltzformer.model.BoltzFormer`.
@@ -939,13 +948,14 @@ def evaluate_model(
         seed: seed of the sampled attention.
         samples: K, passes per image.
         threshold: probability above which a pixel is in the mask.
+        existence_threshold: with an existence head, the probability of presence below which the mask is empty.
         limit: evaluate the first ``limit`` items only.
         lesion_iou, nsd_tolerance, poor_dice: as in :class:`SegmentationReport`.
         progress: show a progress bar.
 
     Returns:
         The report dict of :meth:`SegmentationReport.compute`, plus ``"seed"``, ``"sampling_passes"`` (K),
-        ``"pass_seeds"`` and ``"threshold"``.
+        ``"pass_seeds"``, ``"threshold"`` and ``"existence_threshold"`` (None without an existence head).
 
     Raises:
         ValueError: a bad argument, or an empty dataset.
@@ -954,8 +964,9 @@ def evaluate_model(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1 (passes per image), got {samples!r}")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    for name, value in (("threshold", threshold), ("existence_threshold", existence_threshold)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
     report = SegmentationReport(lesion_iou=lesion_iou, nsd_tolerance=nsd_tolerance, poor_dice=poor_dice)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n <= 0:
@@ -968,15 +979,20 @@ def evaluate_model(
 
         bar = tqdm(total=n, desc="evaluate" if samples == 1 else f"evaluate ({samples} passes)", unit="img")
     model.eval()
+    gated = False
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        probs = predict_passes(
+        probs, existence = predict_passes(
             model, [s["image"] for s in items], [s["prompt"] for s in items], image_size=image_size, generators=generators
         )
-        for s, p in zip(items, probs):  # p: K x H x W
+        gated = existence is not None
+        for i, (s, p) in enumerate(zip(items, probs)):  # p: K x H x W
             agreement = pairwise_agreement(p > threshold) if samples > 1 else None
+            pred = p.mean(0) > threshold
+            if existence is not None and float(existence[i].mean()) < existence_threshold:
+                pred = torch.zeros_like(pred)  # the existence head says the target is absent
             report.update(
-                (p.mean(0) > threshold)[None, None],
+                pred[None, None],
                 (s["mask"] >= 0.5)[None],
                 ids=[s["id"]],
                 prompts=[s["prompt"]],
@@ -992,4 +1008,5 @@ def evaluate_model(
     result["sampling_passes"] = samples
     result["pass_seeds"] = [seed + k for k in range(samples)]
     result["threshold"] = threshold
+    result["existence_threshold"] = existence_threshold if gated else None  # None: the model has no existence head
     return result
