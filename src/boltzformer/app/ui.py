@@ -117,7 +117,7 @@ class _Session:
         return (
             summary_rows(results),
             [(r.overlay, r.prompt) for r in results],
-            [(r.uncertainty, f"{r.prompt}: std of {int(samples)} passes") for r in results],
+            [(r.uncertainty, f"{r.prompt}: std of {int(samples)} passes, agreement {r.agreement:.3f}") for r in results],
             [(r.sampling_grid, r.prompt) for r in results],
             lesion_rows(results),
             [str(r.mask_path) for r in results],
@@ -151,11 +151,13 @@ def build_app(model: BoltzFormer, *, workdir: str | Path | None = None, max_pixe
                 status = gr.Markdown("Upload an image, type a prompt, click Segment.", elem_id="status")
             with gr.Column(scale=2):
                 summary = gr.Dataframe(headers=SUMMARY_HEADERS, label="Per prompt", interactive=False, elem_id="summary")
-                overlays = gr.Gallery(label="Mask overlay", format="png", columns=2, elem_id="overlays")
-                uncertainty = gr.Gallery(label="Uncertainty: pixel-wise std of the K passes", format="png", columns=2,
-                                         elem_id="uncertainty")
-                sampling = gr.Gallery(label="Sampling maps per decoder layer (distribution | attended tokens)",
-                                      format="png", columns=2, elem_id="sampling")
+                with gr.Row():
+                    overlays = gr.Gallery(label="Mask overlay", format="png", columns=2, height=400, object_fit="contain",
+                                          elem_id="overlays")
+                    uncertainty = gr.Gallery(label="Uncertainty: pixel-wise std of the K passes (0 black, 0.5 white)",
+                                             format="png", columns=2, height=400, object_fit="contain", elem_id="uncertainty")
+                sampling = gr.Gallery(label="Sampling maps per decoder layer (distribution | attended tokens)", format="png",
+                                      columns=4, height=520, object_fit="contain", elem_id="sampling")
                 lesion_table = gr.Dataframe(headers=LESION_HEADERS, label="Lesions", interactive=False, elem_id="lesions")
                 downloads = gr.File(label="Masks (PNG for 2D, NIfTI for volumes)", file_count="multiple",
                                     interactive=False, elem_id="downloads")
