@@ -183,3 +183,12 @@ def test_reference_decoder_matches_the_official_code():
         out = dec.eval()([t(f"multi_scale_{i}") for i in range(3)], t("mask_features"), text)
     torch.testing.assert_close(out.query_logits, torch.from_numpy(case["mask_logits_layer2"]), atol=2e-3, rtol=0)
     assert math.isfinite(out.query_logits.abs().max().item())
+
+
+@pytest.mark.parametrize("size", [(32, 24), (16, 12), (8, 6), (4, 3), (64, 48), (20, 15)])
+def test_resize_bilinear_equals_interpolate(size):
+    from boltzformer.model.decoder import resize_bilinear
+
+    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resize_bilinear(x, size), expected, atol=1e-6, rtol=1e-6)

@@ -53,9 +53,11 @@ class CrossAttentionLayer(nn.Module):
         keep: Tensor | None = None,
         indices: Tensor | None = None,
         valid: Tensor | None = None,
+        memory_pos: Tensor | None = None,
     ) -> Tensor:
+        """``memory_pos``: ``memory + pos`` computed by the caller (a decoder reuses it over layers)."""
         q = _with_pos(x, query_pos)
-        k = _with_pos(memory, pos)
+        k = memory_pos if memory_pos is not None else _with_pos(memory, pos)
         if indices is not None:
             out = self.multihead_attn.forward_sampled(q, k, memory, indices=indices, valid=valid)
         else:
