@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import socket
 import zipfile
 
 import nibabel as nib
@@ -221,6 +222,13 @@ def test_cli_app_serves_on_localhost_and_rejects_a_missing_checkpoint(tmp_path, 
 
     assert main(["app", "--checkpoint", str(tmp_path / "missing.ckpt")]) == 2
     assert "missing.ckpt does not exist" in capsys.readouterr().err
+    ckpt = boltzformer.save_checkpoint(boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4),
+                                       tmp_path / "m.ckpt")
+    with socket.socket() as taken:  # a port in use: one line, exit 2
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["app", "--checkpoint", str(ckpt), "--port", str(taken.getsockname()[1])]) == 2
+    assert "cannot serve there" in capsys.readouterr().err
     calls = []
     monkeypatch.setattr("boltzformer.app.serve", lambda checkpoint, **kw: calls.append((checkpoint, kw)))
     assert main(["app", "--checkpoint", "m.ckpt", "--port", "7999"]) == 0

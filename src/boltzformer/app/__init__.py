@@ -33,4 +33,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int | None =
     model = load_checkpoint(checkpoint)  # a bad checkpoint fails before gradio is imported
     from boltzformer.app.ui import build_app, launch_app
 
-    launch_app(build_app(model), host=host, port=port, block=True)
+    try:
+        launch_app(build_app(model), host=host, port=port, block=True)
+    except OSError as exc:  # gradio: "Cannot find empty port ..."
+        raise ValueError(f"--host {host} --port {port}: cannot serve there ({exc})") from None

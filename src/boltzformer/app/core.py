@@ -249,15 +249,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
 
 
-def _existence(predictor: Predictor, prompt: str) -> float | None:
-    """The existence head's probability for the image last set, or None (no head, or an older predictor)."""
-    fn = getattr(predictor, "existence_probability", None)
-    if fn is None:
-        return None
-    value = fn(prompt)
-    return None if value is None else float(value)
-
-
 @torch.inference_mode()
 def segment(
     predictor: Predictor,
@@ -294,22 +285,19 @@ def segment(
     for i, prompt in enumerate(prompts):
         display = _display(image, prompt)
         slices = volume_slices(display, context=context) if image.is_volume else [display]
-        runs = []  # predict_samples' dict per slice
+        masks, run = [], None  # a mask per slice; the shown slice's whole result in `run`
         for k, slice_u8 in enumerate(slices):
-            runs.append(predictor.predict_samples(slice_u8, prompt, int(samples)))
+            r = predictor.predict_samples(slice_u8, prompt, int(samples))
+            masks.append(r["mask"])
+            if k == shown:
+                run = r
             if progress is not None and image.is_volume:
                 progress((i * len(slices) + k + 1) / (len(prompts) * len(slices)), f"{prompt}: slice {k + 1}/{len(slices)}")
-        shown_u8, run = slices[shown], runs[shown]
-        prob, mask = run["mean"], run["mask"]
-        if "existence" in run:  # the mean over the K passes
-            existence = run["existence"]
-        else:
-            if shown != len(slices) - 1:  # the predictor holds the last slice it encoded
-                predictor.set_image(shown_u8)
-            existence = _existence(predictor, prompt)
+        assert run is not None
+        shown_u8, prob, mask = slices[shown], run["mean"], run["mask"]
         grid = save_sampling_grid(sampling_maps(predictor.model, shown_u8, prompt, seed=predictor.seed), shown_u8,
                                   out_dir / f"{i + 1:02d}_{_slug(prompt)}_sampling.png")
-        whole = np.stack([r["mask"] for r in runs]) if image.is_volume else mask
+        whole = np.stack(masks) if image.is_volume else mask
         suffix = ".nii.gz" if image.is_volume else ".png"
         mask_path = write_mask(whole, image.image, out_dir / f"{stem}_{i + 1:02d}_{_slug(prompt)}_mask{suffix}")
         voxels = int(whole.sum()) if image.is_volume else None
@@ -319,7 +307,7 @@ def segment(
             uncertainty=uncertainty_image(shown_u8, run["std"]),
             sampling_grid=grid,
             lesions=lesions(mask, probability=prob, spacing=image.pixel_spacing),
-            existence=existence,
+            existence=run["existence"],  # mean over the K passes; None without an existence head
             agreement=float(run["agreement"]),
             mask_pixels=int(mask.sum()),
             area_fraction=float(mask.mean()),
