@@ -12,8 +12,8 @@ import torch
 from boltzformer.evaluate import (
     SampleRecord,
     SegmentationReport,
-    agreement_vs_dice,
     boundary_metrics,
+    confidence_vs_dice,
     dice_per_sample,
     failure_auroc,
     match_lesions,
@@ -21,6 +21,7 @@ from boltzformer.evaluate import (
     predict_passes,
     report_to_markdown,
     size_bucket,
+    summarize,
     write_report,
 )
 
@@ -151,6 +152,7 @@ def test_report_numbers(report):
         "true_lesions": [{"area_px": 5, "area_fraction": 0.0005, "bucket": "tiny", "matched": False}],
         "pred_lesions": [{"area_px": 5, "area_fraction": 0.0005, "bucket": "tiny", "matched": False}],
         "agreement": None,
+        "mask_probability": None,
     }
     # plain Python values only, all the way down
     json.dumps(r, allow_nan=False)
@@ -163,6 +165,13 @@ def _leaves(x):
     if isinstance(x, list):
         return [y for v in x for y in _leaves(v)]
     return [x]
+
+
+def test_records_round_trip_through_dicts(report):
+    r = report.compute()
+    again = [SampleRecord.from_dict(json.loads(json.dumps(d))) for d in r["samples"]]
+    assert again == report.records
+    assert summarize(again) == r
 
 
 def test_report_area_override_and_validation(report):
@@ -455,10 +464,10 @@ def test_failure_auroc_matches_the_rank_formula_on_random_scores():
     assert failure_auroc(scores, failed) == pytest.approx(_rank_auroc(scores, failed))
 
 
-def test_agreement_vs_dice_statistics_and_bands():
+def test_confidence_vs_dice_statistics_and_bands():
     agreement = [0.3, 0.6, 0.85, 0.97, 1.0]
     dice = [0.1, 0.4, 0.8, 0.9, 0.0]
-    u = agreement_vs_dice(agreement, dice)
+    u = confidence_vs_dice(agreement, dice)
     assert u["n"] == 5 and u["n_poor"] == 3 and u["missing"] == {}
     assert u["pearson"] == pytest.approx(float(np.corrcoef(agreement, dice)[0, 1]))
     # Spearman: Pearson of the ranks (1..5 and 2, 3, 4, 5, 1): sum d^2 = 20 -> 1 - 6 * 20 / (5 * 24) = 0
@@ -466,33 +475,34 @@ def test_agreement_vs_dice_statistics_and_bands():
     # 1 - agreement flags the poor masks (0.3, 0.6 and the confident miss 1.0) against 0.85 and 0.97
     assert u["auroc"] == pytest.approx(_rank_auroc([0.7, 0.4, 0.15, 0.03, 0.0], [True, True, False, False, True]))
     assert u["auroc"] == pytest.approx(4 / 6)
-    assert [(r["band"], r["n"]) for r in u["by_agreement"]] == [("[0, 0.5)", 1), ("[0.5, 0.8)", 1), ("[0.8, 0.95)", 1), ("[0.95, 1]", 2)]
-    last = u["by_agreement"][-1]
+    assert [(r["band"], r["n"]) for r in u["by_band"]] == [("[0, 0.5)", 1), ("[0.5, 0.8)", 1), ("[0.8, 0.95)", 1), ("[0.95, 1]", 2)]
+    last = u["by_band"][-1]
     assert last["dice"] == pytest.approx(0.45) and last["poor_rate"] == 0.5 and last["failure_rate"] == 0.5
 
 
-def test_agreement_vs_dice_degenerate_cases_say_why():
-    u = agreement_vs_dice([0.9, 0.8, 0.7], [0.1, 0.2, 0.3])
+def test_confidence_vs_dice_degenerate_cases_say_why():
+    u = confidence_vs_dice([0.9, 0.8, 0.7], [0.1, 0.2, 0.3])
     assert u["auroc"] is None and "every sample has Dice < 0.5" in u["missing"]["auroc"]
     assert u["pearson"] == pytest.approx(-1.0) and u["spearman"] == pytest.approx(-1.0)
-    u = agreement_vs_dice([0.9, 0.8, 0.7], [0.9, 0.8, 0.7])
+    u = confidence_vs_dice([0.9, 0.8, 0.7], [0.9, 0.8, 0.7])
     assert u["auroc"] is None and "no sample has Dice < 0.5" in u["missing"]["auroc"]
-    u = agreement_vs_dice([1.0, 1.0, 1.0], [0.9, 0.0, 0.7])
-    assert u["pearson"] is None and "agreement is the same" in u["missing"]["pearson"]
+    u = confidence_vs_dice([1.0, 1.0, 1.0], [0.9, 0.0, 0.7])
+    assert u["pearson"] is None and "the score is the same" in u["missing"]["pearson"]
     assert u["auroc"] == 0.5  # all scores tie
-    u = agreement_vs_dice([0.9, 0.1], [0.9, 0.1])
+    u = confidence_vs_dice([0.9, 0.1], [0.9, 0.1])
     assert u["spearman"] is None and "fewer than 3" in u["missing"]["spearman"]
-    with pytest.raises(ValueError, match=r"agreement values must lie in \[0, 1\]"):
-        agreement_vs_dice([1.5], [0.5])
+    with pytest.raises(ValueError, match=r"confidence values must lie in \[0, 1\]"):
+        confidence_vs_dice([1.5], [0.5])
 
 
 def test_report_uncertainty_and_markdown_tables(report):
     t = masks(_square(0, 0, 3, 3), size=(10, 10))
-    for i, (pred, agreement) in enumerate([(t, 0.95), (masks([(9, 9)], size=(10, 10)), 0.4), (t, 0.9)]):
-        report.update(pred, t, ids=[f"u{i}"], prompts=["dot"], agreements=[agreement])
+    for i, (pred, agreement, prob) in enumerate([(t, 0.95, 0.9), (masks([(9, 9)], size=(10, 10)), 0.4, 0.95), (t, 0.9, 0.7)]):
+        report.update(pred, t, ids=[f"u{i}"], prompts=["dot"], agreements=[agreement], mask_probabilities=[prob])
     r = report.compute()
-    u = r["uncertainty"]
+    u = r["uncertainty"]["agreement"]
     assert u["n"] == 3 and u["n_poor"] == 1 and u["auroc"] == 1.0  # only the scored samples count
+    assert r["uncertainty"]["mask_probability"]["auroc"] == 0.0  # the miss had the most confident mask
     r["sampling_passes"] = 4
     md = report_to_markdown(r)
     assert "### Lesion detection (8-connected components; match: any overlap)" in md
@@ -502,10 +512,14 @@ def test_report_uncertainty_and_markdown_tables(report):
     assert "### Agreement of 4 sampled passes as a predictor of a poor mask (Dice < 0.5)" in md
     assert "AUROC of 1 - agreement for Dice < 0.5: 1.000" in md and "| [0.95, 1] | 1 | 1.000 | 0.000 | 0.000 |" in md
     assert "Pearson r (agreement, Dice): " in md
+    assert "### Mean probability inside the mask (masks that are not empty)" in md
+    assert "AUROC of 1 - mask probability for Dice < 0.5: 0.000" in md
     no_u = report_to_markdown(dict(r, uncertainty=None))
     assert "Agreement of" not in no_u and "### Boundary" in no_u
     with pytest.raises(ValueError, match=r"agreements\[0\] must be in \[0, 1\]"):
         report.update(t, t, ids=["x"], prompts=["dot"], agreements=[1.2])
+    with pytest.raises(ValueError, match=r"mask_probabilities\[0\] must be in \[0, 1\]"):
+        report.update(t, t, ids=["x"], prompts=["dot"], mask_probabilities=[-0.1])
 
 
 def test_write_report_refuses_nan(tmp_path, report):
@@ -556,17 +570,19 @@ def test_evaluate_model_with_k_samples_is_reproducible_and_records_agreement(tin
     assert json.dumps(a) == json.dumps(b)  # bit-identical
     assert a["sampling_passes"] == 3 and a["pass_seeds"] == [7, 8, 9] and a["seed"] == 7
     assert all(0.0 <= s["agreement"] <= 1.0 for s in a["samples"])
-    assert a["uncertainty"]["n"] == 4 and "lesion_detection" in a and "boundary" in a
+    assert a["uncertainty"]["agreement"]["n"] == 4 and "lesion_detection" in a and "boundary" in a
     # the scored mask is the mean of the passes; the agreement is that of their thresholded masks
     items = [synthetic[i] for i in range(2)]
     gens = [torch.Generator().manual_seed(7 + k) for k in range(3)]
     probs, _ = predict_passes(tiny, [s["image"] for s in items], [s["prompt"] for s in items], image_size=64, generators=gens)
     for s, p, rec in zip(items, probs, a["samples"]):
         dice = dice_per_sample((p.mean(0) > 0.5)[None, None], (s["mask"] >= 0.5)[None]).item()
+        mean = p.mean(0)
         assert rec["dice"] == dice and rec["agreement"] == pairwise_agreement(p > 0.5)
+        assert rec["mask_probability"] == (float(mean[mean > 0.5].mean()) if (mean > 0.5).any() else None)
     # one pass: as before (a generator seeded `seed` over the batches), no agreement
     one = evaluate_model(tiny, synthetic, batch_size=2, seed=7, limit=4)
-    assert one["uncertainty"] is None and one["sampling_passes"] == 1
+    assert one["uncertainty"]["agreement"] is None and one["sampling_passes"] == 1
     assert all(s["agreement"] is None for s in one["samples"])
 
 
@@ -598,7 +614,7 @@ def test_cli_evaluate_with_samples(tiny, tmp_path, capsys):
     argv = ["evaluate", "--checkpoint", str(ckpt), "--data", "synthetic", "--out", str(out), "--limit", "3"]
     assert main([*argv, "--samples", "2", "--lesion-iou", "0.25", "--nsd-tolerance", "1.5"]) == 0
     report = json.loads(out.read_text())
-    assert report["sampling_passes"] == 2 and report["uncertainty"]["n"] == 3
+    assert report["sampling_passes"] == 2 and report["uncertainty"]["agreement"]["n"] == 3
     assert report["lesion_detection"]["match"] == "IoU > 0.25" and report["boundary"]["nsd_tolerance"] == 1.5
     assert "### Agreement of 2 sampled passes" in out.with_suffix(".md").read_text()
     capsys.readouterr()
@@ -623,6 +639,7 @@ def test_evaluate_model_gates_masks_with_an_existence_head(synthetic):
     assert present["existence_threshold"] == 0.5
     assert any(s["pred_area_fraction"] > 0 for s in present["samples"])  # the random model paints something
     assert all(s["pred_area_fraction"] == 0 and s["dice"] == 0 for s in absent["samples"])
+    assert all(s["mask_probability"] is None for s in absent["samples"]) and absent["uncertainty"]["mask_probability"] is None
     assert absent["boundary"]["hd95_missing"]["empty_prediction"] == 2
     # the agreement is that of the passes' own masks, as Predictor.predict_samples reports it
     assert [s["agreement"] for s in absent["samples"]] == [s["agreement"] for s in present["samples"]]

@@ -5,8 +5,9 @@ whether the agreement of K sampled passes predicts a poor mask.
 - :func:`dice_per_sample`: binary masks (B, 1, H, W) -> Dice (B,), via MONAI, with fixed empty-target rules
 - :func:`match_lesions`: the connected components of a predicted and a true mask of one image, matched
 - :func:`boundary_metrics`: HD95 and NSD (normalised surface distance, "surface Dice") of one pair, via MONAI
-- :func:`pairwise_agreement`, :func:`failure_auroc`, :func:`agreement_vs_dice`: the agreement of K sampled
-  passes as a predictor of failure (correlations with Dice, AUROC, Dice by agreement band)
+- :func:`pairwise_agreement`, :func:`failure_auroc`, :func:`confidence_vs_dice`: the agreement of K sampled
+  passes (and, for comparison, the mean probability inside the mask) as a predictor of a poor mask
+  (correlations with Dice, AUROC, Dice by score band)
 - :class:`SegmentationReport`: accumulates one :class:`SampleRecord` per sample; ``compute()`` gives the
   report dict (overall and per-size Dice, failure rate, IoU, lesion detection, boundary metrics, agreement)
 - :func:`report_to_markdown`, :func:`write_report`: the report as Markdown tables, and JSON + Markdown on disk
@@ -51,19 +52,24 @@ from boltzformer.lesions import label_components
 __all__ = [
     "AGREEMENT_BANDS",
     "LesionOutcome",
+    "NSD_TOLERANCE",
+    "POOR_DICE",
     "SIZE_BUCKETS",
     "SampleRecord",
     "SegmentationReport",
-    "agreement_vs_dice",
     "boundary_metrics",
+    "confidence_vs_dice",
     "dice_per_sample",
     "evaluate_model",
     "failure_auroc",
     "match_lesions",
     "pairwise_agreement",
+    "predict_passes",
     "report_to_markdown",
     "size_bucket",
     "summarize",
+    "summarize_boundary",
+    "summarize_lesions",
     "write_report",
 ]
 
@@ -74,7 +80,7 @@ EMPTY_BUCKET = "empty"  # bucket of samples whose target mask is empty
 CONNECTIVITY = 8  # lesions are the 8-connected components of boltzformer.lesions.label_components
 NSD_TOLERANCE = 2.0  # default NSD tolerance, in the distance unit (mm with a known spacing, else pixels)
 POOR_DICE = 0.5  # a mask with Dice below this is "poor": the event agreement should predict
-AGREEMENT_BANDS = (0.0, 0.5, 0.8, 0.95, 1.0)  # edges of the agreement bands of the report (last band closed)
+AGREEMENT_BANDS = (0.0, 0.5, 0.8, 0.95, 1.0)  # edges of the score bands of the report (last band closed)
 
 
 def size_bucket(area_fraction: float) -> str:
@@ -248,7 +254,7 @@ def _lesion_counts(true: list[LesionOutcome], found: list[LesionOutcome], n_imag
     }
 
 
-def summarize_lesions(records: Sequence["SampleRecord"], *, iou_threshold: float | None = None) -> dict[str, Any]:
+def summarize_lesions(records: Sequence[SampleRecord], *, iou_threshold: float | None = None) -> dict[str, Any]:
     """Lesion-level detection over records: overall, and ``"by_size"`` (true lesions by their own size
     for sensitivity; predicted lesions by theirs for precision and false positives per image)."""
     true = [x for r in records for x in r.true_lesions]
@@ -342,14 +348,14 @@ def boundary_metrics(
     return float(hd95.item()), float(nsd.item())
 
 
-def _hd95_missing_reason(r: "SampleRecord") -> str:
+def _hd95_missing_reason(r: SampleRecord) -> str:
     pred_empty = r.pred_area_fraction == 0.0
     if r.target_empty and pred_empty:
         return "both_empty"
     return "empty_target" if r.target_empty else "empty_prediction"
 
 
-def _boundary_stats(records: Sequence["SampleRecord"]) -> dict[str, Any]:
+def _boundary_stats(records: Sequence[SampleRecord]) -> dict[str, Any]:
     hd = [r.hd95 for r in records if r.hd95 is not None]
     nsd = [r.nsd for r in records if r.nsd is not None]
     missing = {k: 0 for k in ("empty_prediction", "empty_target", "both_empty")}
@@ -370,7 +376,7 @@ def _boundary_stats(records: Sequence["SampleRecord"]) -> dict[str, Any]:
     }
 
 
-def summarize_boundary(records: Sequence["SampleRecord"], *, tolerance: float = NSD_TOLERANCE) -> dict[str, Any]:
+def summarize_boundary(records: Sequence[SampleRecord], *, tolerance: float = NSD_TOLERANCE) -> dict[str, Any]:
     """HD95 and NSD over records (means over the samples where each is defined, with the count of those
     where it is not, by reason), overall and ``"by_size"`` of the target."""
     units = sorted({r.distance_unit for r in records})
@@ -435,40 +441,42 @@ def _correlation(kind: str, x: np.ndarray, y: np.ndarray) -> tuple[float | None,
     if len(x) < 3:
         return None, f"fewer than 3 samples ({len(x)})"
     if np.ptp(x) == 0:
-        return None, f"agreement is the same ({x[0]:g}) for every sample"
+        return None, f"the score is the same ({x[0]:g}) for every sample"
     if np.ptp(y) == 0:
         return None, f"Dice is the same ({y[0]:g}) for every sample"
     try:
         from scipy.stats import pearsonr, spearmanr
     except ImportError as e:
-        raise ImportError("agreement_vs_dice needs SciPy: pip install 'boltzformer[train]'") from e
+        raise ImportError("confidence_vs_dice needs SciPy: pip install 'boltzformer[train]'") from e
     value = pearsonr(x, y).statistic if kind == "pearson" else spearmanr(x, y).statistic
     return float(value), None
 
 
-def agreement_vs_dice(
-    agreement: Sequence[float], dice: Sequence[float], *, poor_dice: float = POOR_DICE
+def confidence_vs_dice(
+    confidence: Sequence[float], dice: Sequence[float], *, poor_dice: float = POOR_DICE
 ) -> dict[str, Any]:
-    """How well the agreement of K passes predicts the quality of the mask, over N samples.
+    """How well a confidence score in [0, 1] (higher: trust the mask more; e.g. the agreement of K
+    passes, or the mean probability inside the mask) predicts the quality of the mask, over N samples.
 
     Returns a dict:
 
     - ``"n"``, ``"n_poor"``: samples, and those with Dice < ``poor_dice``; ``"poor_dice"``
-    - ``"agreement_mean"``, ``"agreement_std"``: of the N agreement scores
-    - ``"pearson"``, ``"spearman"``: correlation of agreement with Dice (SciPy), ``None`` when undefined
-    - ``"auroc"``: AUROC of (1 - agreement) for detecting a poor mask, ``None`` when undefined
+    - ``"score_mean"``, ``"score_std"``: of the N confidence scores
+    - ``"pearson"``, ``"spearman"``: correlation of the score with Dice (SciPy), ``None`` when undefined
+    - ``"auroc"``: AUROC of (1 - score) for detecting a poor mask (:func:`failure_auroc`), ``None`` when
+      undefined
     - ``"missing"``: for each of the three above that is ``None``, why (e.g. "no sample has Dice < 0.5")
-    - ``"by_agreement"``: one row per band of :data:`AGREEMENT_BANDS` with ``n``, mean Dice, share of
+    - ``"by_band"``: one row per score band of :data:`AGREEMENT_BANDS` with ``n``, mean Dice, share of
       poor masks and share of failures (Dice 0)
 
     Raises:
         ValueError: lengths differ; a value outside [0, 1].
     """
-    a = np.asarray(agreement, dtype=np.float64)
+    a = np.asarray(confidence, dtype=np.float64)
     d = np.asarray(dice, dtype=np.float64)
     if a.shape != d.shape or a.ndim != 1:
-        raise ValueError(f"agreement and dice must be 1-D of one length, got shapes {a.shape} and {d.shape}")
-    for name, v in (("agreement", a), ("dice", d)):
+        raise ValueError(f"confidence and dice must be 1-D of one length, got shapes {a.shape} and {d.shape}")
+    for name, v in (("confidence", a), ("dice", d)):
         if not (np.isfinite(v).all() and (v >= 0).all() and (v <= 1).all()):
             raise ValueError(f"{name} values must lie in [0, 1]")
     if not 0.0 < poor_dice <= 1.0:
@@ -476,11 +484,11 @@ def agreement_vs_dice(
     poor = d < poor_dice
     missing: dict[str, str] = {}
     out: dict[str, Any] = {
-        "n": int(len(a)),
+        "n": len(a),
         "n_poor": int(poor.sum()),
         "poor_dice": float(poor_dice),
-        "agreement_mean": _mean(a.tolist()),
-        "agreement_std": _std(a.tolist()),
+        "score_mean": _mean(a.tolist()),
+        "score_std": _std(a.tolist()),
     }
     for kind in ("pearson", "spearman"):
         out[kind], why = _correlation(kind, a, d)
@@ -496,9 +504,8 @@ def agreement_vs_dice(
             missing["auroc"] = f"no sample has Dice < {poor_dice:g}: no poor mask to detect"
     out["missing"] = missing
     rows = []
-    edges = AGREEMENT_BANDS
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        last = i == len(edges) - 2
+    for i, (lo, hi) in enumerate(zip(AGREEMENT_BANDS[:-1], AGREEMENT_BANDS[1:])):
+        last = i == len(AGREEMENT_BANDS) - 2
         inside = (a >= lo) & ((a <= hi) if last else (a < hi))
         rows.append(
             {
@@ -509,7 +516,7 @@ def agreement_vs_dice(
                 "failure_rate": _ratio(int(((d == 0) & inside).sum()), int(inside.sum())),
             }
         )
-    out["by_agreement"] = rows
+    out["by_band"] = rows
     return out
 
 
@@ -534,6 +541,7 @@ class SampleRecord:
     true_lesions: tuple[LesionOutcome, ...] = ()  # the target's connected components, matched or not
     pred_lesions: tuple[LesionOutcome, ...] = ()  # the prediction's connected components
     agreement: float | None = None  # mean pairwise Dice of the K sampled passes; None with one pass
+    mask_probability: float | None = None  # mean probability over the mask's pixels; None: empty mask or unknown
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a dict of JSON values (lesion tuples become lists of dicts)."""
@@ -541,6 +549,15 @@ class SampleRecord:
         d["true_lesions"] = list(d["true_lesions"])
         d["pred_lesions"] = list(d["pred_lesions"])
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SampleRecord:
+        """The record of a dict from :meth:`to_dict` (e.g. a saved report's ``"samples"``), to summarise
+        a subset or pool reports with :func:`summarize`."""
+        d = dict(d)
+        for key in ("true_lesions", "pred_lesions"):
+            d[key] = tuple(LesionOutcome(**x) for x in d.get(key, ()))
+        return cls(**d)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -573,6 +590,7 @@ def summarize(
     by_size = {b: [r for r in records if r.bucket == b] for b in SIZE_BUCKETS}
     with_target = [r for r in records if not r.target_empty]
     scored = [r for r in records if r.agreement is not None]
+    confident = [r for r in records if r.mask_probability is not None]
     return {
         "n": len(records),
         "n_empty": sum(1 for r in records if r.target_empty),
@@ -587,11 +605,18 @@ def summarize(
         "iou": _mean([r.iou for r in records]),
         "lesion_detection": summarize_lesions(records, iou_threshold=lesion_iou),
         "boundary": summarize_boundary(records, tolerance=nsd_tolerance),
-        "uncertainty": (
-            agreement_vs_dice([r.agreement for r in scored], [r.dice for r in scored], poor_dice=poor_dice)  # type: ignore[misc]
-            if scored
-            else None
-        ),
+        "uncertainty": {
+            "agreement": (
+                confidence_vs_dice([r.agreement for r in scored], [r.dice for r in scored], poor_dice=poor_dice)  # type: ignore[misc]
+                if scored
+                else None
+            ),
+            "mask_probability": (
+                confidence_vs_dice([r.mask_probability for r in confident], [r.dice for r in confident], poor_dice=poor_dice)  # type: ignore[misc]
+                if confident
+                else None
+            ),
+        },
         "samples": [r.to_dict() for r in records],
     }
 
@@ -649,6 +674,7 @@ class SegmentationReport:
         area_fractions: Sequence[float] | None = None,
         spacings: Sequence[tuple[float, float] | None] | None = None,
         agreements: Sequence[float | None] | None = None,
+        mask_probabilities: Sequence[float | None] | None = None,
     ) -> list[SampleRecord]:
         """Score one batch and add its records.
 
@@ -661,18 +687,19 @@ class SegmentationReport:
                 by default they are computed from ``target``.
             spacings: B (row, col) pixel sizes in mm, or ``None`` where unknown (distances in pixels then).
             agreements: B agreement scores of K sampled passes (see :func:`pairwise_agreement`), or ``None``.
+            mask_probabilities: B mean probabilities over each predicted mask's pixels, or ``None`` (empty mask).
 
         Returns:
             The B new records.
 
         Raises:
-            ValueError: as :func:`dice_per_sample`; a per-sample argument not of length B; a bad spacing or
-                an agreement outside [0, 1].
+            ValueError: as :func:`dice_per_sample`; a per-sample argument not of length B; a bad spacing, or
+                an agreement or mask probability outside [0, 1].
         """
         dice = dice_per_sample(pred, target)  # (B,)
         B, _, H, W = target.shape
         per_sample = (("ids", ids), ("prompts", prompts), ("area_fractions", area_fractions), ("spacings", spacings),
-                      ("agreements", agreements))  # fmt: skip
+                      ("agreements", agreements), ("mask_probabilities", mask_probabilities))  # fmt: skip
         for name, values in per_sample:
             if values is not None and len(values) != B:
                 raise ValueError(f"{name} must have one entry per sample (B={B}), got {len(values)}")
@@ -685,8 +712,10 @@ class SegmentationReport:
             target_empty = t_px == 0
             spacing = _check_spacing(spacings[i], f"spacings[{i}]") if spacings is not None else None
             agreement = agreements[i] if agreements is not None else None
-            if agreement is not None and not 0.0 <= agreement <= 1.0:
-                raise ValueError(f"agreements[{i}] must be in [0, 1], got {agreement}")
+            mask_probability = mask_probabilities[i] if mask_probabilities is not None else None
+            for name, value in ((f"agreements[{i}]", agreement), (f"mask_probabilities[{i}]", mask_probability)):
+                if value is not None and not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{name} must be in [0, 1], got {value}")
             true_lesions, pred_lesions = match_lesions(pred_np[i, 0], target_np[i, 0], iou_threshold=self.lesion_iou)
             hd95, nsd = boundary_metrics(pred_np[i, 0], target_np[i, 0], spacing=spacing, tolerance=self.nsd_tolerance)
             # fractions in float64 from exact pixel counts (float32 sums are exact up to 2**24 pixels)
@@ -707,6 +736,7 @@ class SegmentationReport:
                     true_lesions=tuple(true_lesions),
                     pred_lesions=tuple(pred_lesions),
                     agreement=None if agreement is None else float(agreement),
+                    mask_probability=None if mask_probability is None else float(mask_probability),
                 )
             )
         self.records.extend(new)
@@ -728,7 +758,9 @@ class SegmentationReport:
         - ``"boundary"``: ``unit`` ("px" or "mm"), ``nsd_tolerance``, ``hd95`` (mean), ``hd95_median``,
           ``hd95_std``, ``n_hd95``, ``n_hd95_missing``, ``hd95_missing`` (by reason), ``nsd``, ``nsd_std``,
           ``n_nsd``, ``n_nsd_missing``, and the same ``"by_size"``
-        - ``"uncertainty"``: :func:`agreement_vs_dice` over the samples with an agreement score, else ``None``
+        - ``"uncertainty"``: ``"agreement"``: :func:`confidence_vs_dice` of the agreement of K passes over the
+          samples that have one (else ``None``); ``"mask_probability"``: the same for the mean probability
+          inside the mask, over the samples with a non-empty mask (else ``None``), a baseline to compare with
         - ``"samples"``: the per-sample records as dicts (:meth:`SampleRecord.to_dict`)
         """
         return summarize(self.records, lesion_iou=self.lesion_iou, nsd_tolerance=self.nsd_tolerance, poor_dice=self.poor_dice)
@@ -779,30 +811,30 @@ def _boundary_table(bd: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _agreement_table(u: dict[str, Any], passes: int | None) -> list[str]:
-    k = f"{passes} sampled passes" if passes else "sampled passes"
-    lines = [f"### Agreement of {k} as a predictor of a poor mask (Dice < {u['poor_dice']:g})", ""]
+def _confidence_table(u: dict[str, Any], heading: str, score: str) -> list[str]:
+    poor = f"Dice < {u['poor_dice']:g}"
+    lines = [f"### {heading} as a predictor of a poor mask ({poor})", ""]
 
     def value(key: str) -> str:
         return _fmt(u[key]) if u[key] is not None else f"– ({u['missing'][key]})"
 
     lines += [
-        f"- samples: {u['n']}, poor masks: {u['n_poor']}; agreement mean {_fmt(u['agreement_mean'])} ± {_fmt(u['agreement_std'])}",
-        f"- Pearson r (agreement, Dice): {value('pearson')}; Spearman rho: {value('spearman')}",
-        f"- AUROC of 1 - agreement for Dice < {u['poor_dice']:g}: {value('auroc')} (0.5: no better than chance)",
+        f"- samples: {u['n']}, poor masks: {u['n_poor']}; {score}: mean {_fmt(u['score_mean'])} ± {_fmt(u['score_std'])}",
+        f"- Pearson r ({score}, Dice): {value('pearson')}; Spearman rho: {value('spearman')}",
+        f"- AUROC of 1 - {score} for {poor}: {value('auroc')} (0.5: no better than chance)",
         "",
-        f"| agreement | n | Dice | share Dice < {u['poor_dice']:g} | share Dice 0 |",
+        f"| {score} | n | Dice | share {poor} | share Dice 0 |",
         "|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {r['band']} | {r['n']} | {_fmt(r['dice'])} | {_fmt(r['poor_rate'])} | {_fmt(r['failure_rate'])} |"
-              for r in u["by_agreement"]]  # fmt: skip
+              for r in u["by_band"]]  # fmt: skip
     return lines
 
 
 def report_to_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
     """The report as Markdown: a table with rows overall / tiny / small / large (and empty targets when
     there are any), columns n, Dice (mean ± std) and failure rate; then, when the report has them, the
-    lesion detection, boundary (HD95, NSD) and agreement tables. Numbers with 3 decimals (distances 2),
+    lesion detection, boundary (HD95, NSD) and confidence (agreement, mask probability) tables. Numbers with 3 decimals (distances 2),
     "–" where undefined.
 
     Args:
@@ -847,8 +879,14 @@ def report_to_markdown(report: dict[str, Any], *, title: str | None = None) -> s
         lines += [""] + _lesion_table(report["lesion_detection"])
     if report.get("boundary"):
         lines += [""] + _boundary_table(report["boundary"])
-    if report.get("uncertainty"):
-        lines += [""] + _agreement_table(report["uncertainty"], report.get("sampling_passes"))
+    uncertainty = report.get("uncertainty") or {}
+    if uncertainty.get("agreement"):
+        k = report.get("sampling_passes")
+        heading = f"Agreement of {k} sampled passes" if k else "Agreement of the sampled passes"
+        lines += [""] + _confidence_table(uncertainty["agreement"], heading, "agreement")
+    if uncertainty.get("mask_probability"):
+        heading = "Mean probability inside the mask (masks that are not empty)"
+        lines += [""] + _confidence_table(uncertainty["mask_probability"], heading, "mask probability")
     return "\n".join(lines) + "\n"
 
 
@@ -935,7 +973,7 @@ def evaluate_model(
     generator seeded ``seed + k`` (carried from batch to batch), the mask scored is the mean of the K
     probability maps above ``threshold``, and each sample records the agreement of the K thresholded
     masks (:func:`pairwise_agreement`); the report's ``"uncertainty"`` says how well agreement predicts
-    a poor mask. ``samples=1`` is the plain single pass with a generator seeded ``seed``. The same
+    a poor mask, next to the mean probability inside the mask (recorded for any K). ``samples=1`` is the plain single pass with a generator seeded ``seed``. The same
     ``seed``, ``samples`` and ``batch_size`` give a bit-identical report. For a model with an existence
     head the mask is empty where the mean probability that the target is there is below
     ``existence_threshold``, as :class:`~boltzformer.predict.Predictor` does.
@@ -988,7 +1026,8 @@ def evaluate_model(
         gated = existence is not None
         for i, (s, p) in enumerate(zip(items, probs)):  # p: K x H x W
             agreement = pairwise_agreement(p > threshold) if samples > 1 else None
-            pred = p.mean(0) > threshold
+            mean = p.mean(0)  # H x W
+            pred = mean > threshold
             if existence is not None and float(existence[i].mean()) < existence_threshold:
                 pred = torch.zeros_like(pred)  # the existence head says the target is absent
             report.update(
@@ -998,6 +1037,7 @@ def evaluate_model(
                 prompts=[s["prompt"]],
                 spacings=[s.get("spacing")],
                 agreements=[agreement],
+                mask_probabilities=[float(mean[pred].mean()) if pred.any() else None],
             )
         if bar is not None:
             bar.update(len(items))
