@@ -28,6 +28,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from boltzformer import cpu_kernels
+
 __all__ = [
     "ATTENTION_MODES",
     "AttentionSelection",
@@ -137,7 +139,10 @@ def _draw(probs: Tensor, n: int, generator: torch.Generator | None, *, sets: int
     u = _sorted_uniforms((cdf.shape[0], k), n, probs.device, generator) * total[:, :, None]  # R x k x n
     # u < total in exact arithmetic; keep it so after rounding, so no zero-probability tail token is hit
     u = torch.minimum(u.view(-1, k * n), torch.nextafter(total, torch.zeros_like(total)))
-    idx = torch.searchsorted(cdf, u, right=True)
+    if cpu_kernels.available(cdf):  # the same answer, searching from the previous draw's token
+        idx = cpu_kernels.draw_sorted(cdf, u.contiguous(), n)
+    else:
+        idx = torch.searchsorted(cdf, u, right=True)
     return idx.view(*lead, n) if sets is None else idx.view(*lead, sets, n)
 
 

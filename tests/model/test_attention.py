@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from boltzformer import cpu_kernels
 from boltzformer.model.attention import MultiHeadAttention
 from boltzformer.sampling import AttentionSelection, sample_token_indices
 
@@ -32,8 +33,18 @@ def test_dense_attention_equals_torch_multihead_attention():
     )
 
 
+@pytest.fixture(params=["kernels", "torch"])
+def kernels(request, monkeypatch):
+    """Run a test with the CPU kernels (folded projections where they pay) and with PyTorch's ops."""
+    if request.param == "torch":
+        monkeypatch.setenv("BOLTZFORMER_CPU_KERNELS", "0")
+    elif not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("no C compiler: the CPU kernels are not built")
+    return request.param
+
+
 @pytest.mark.parametrize("ratio", [0.02, 0.1, 0.5])
-def test_sampled_attention_equals_dense_attention_with_the_set_masked_in(ratio):
+def test_sampled_attention_equals_dense_attention_with_the_set_masked_in(ratio, kernels):
     torch.manual_seed(0)
     attn = MultiHeadAttention(32, 4)
     q, k, v = _inputs()
@@ -78,7 +89,8 @@ class _AttentionWork(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def test_sampled_attention_cost_follows_the_number_of_draws():
+def test_sampled_attention_cost_follows_the_number_of_draws(monkeypatch):
+    monkeypatch.setenv("BOLTZFORMER_CPU_KERNELS", "0")  # PyTorch's ops, which the check can see
     attn = MultiHeadAttention(32, 4)
     B, H, Q, N, d = 1, 4, 10, 4096, 8
     q, k, v = _inputs(B=B, Q=Q, N=N)
@@ -98,3 +110,24 @@ def test_sampled_attention_cost_follows_the_number_of_draws():
     with _AttentionWork() as work:
         attn(q, k, v)
     assert work.dense_scores == 1  # the check sees dense attention
+
+
+def test_kernels_equal_pytorch_ops():
+    if not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("no C compiler: the CPU kernels are not built")
+    g = torch.Generator().manual_seed(0)
+    R, n, M, C = 30, 40, 900, 80  # several blocks of X
+    rows = torch.sort(torch.randint(M, (R, n), generator=g), -1).values
+    valid = torch.ones(R, n, dtype=torch.bool)
+    valid[:, 1:] = rows[:, 1:] != rows[:, :-1]
+    a, x, w = torch.randn(R, C, generator=g), torch.randn(M, C, generator=g), torch.randn(R, n, generator=g) * valid
+    w[0, :5] = 1e-35  # negligible weights may be skipped
+    seg = cpu_kernels.segments(rows, M, C)
+    gathered = x[rows]  # R x n x C, the naive form
+    torch.testing.assert_close(cpu_kernels.sddmm(a, x, rows, valid, seg), (a[:, None] * gathered).sum(-1) * valid)
+    torch.testing.assert_close(cpu_kernels.spmm(w, x, rows, seg), (w[..., None] * gathered).sum(1), atol=1e-5, rtol=1e-5)
+    scattered = torch.zeros(M, C).index_add_(0, rows.flatten(), (w[..., None] * a[:, None]).reshape(-1, C))
+    torch.testing.assert_close(cpu_kernels.spmm_t(w, a, rows, seg, M), scattered, atol=1e-5, rtol=1e-5)
+    cdf = torch.rand(R, M, generator=g, dtype=torch.float64).cumsum(-1)
+    u = torch.sort(torch.rand(R, 3, n, generator=g, dtype=torch.float64) * cdf[:, -1:, None], -1).values.view(R, -1)
+    assert torch.equal(cpu_kernels.draw_sorted(cdf, u, n), torch.searchsorted(cdf, u, right=True))
