@@ -478,6 +478,11 @@ def test_confidence_vs_dice_statistics_and_bands():
     assert [(r["band"], r["n"]) for r in u["by_band"]] == [("[0, 0.5)", 1), ("[0.5, 0.8)", 1), ("[0.8, 0.95)", 1), ("[0.95, 1]", 2)]
     last = u["by_band"][-1]
     assert last["dice"] == pytest.approx(0.45) and last["poor_rate"] == 0.5 and last["failure_rate"] == 0.5
+    # quarters by rank of 5 samples: 2, 1, 1, 1 (lowest scores first)
+    q = u["by_quartile"]
+    assert [(r["quartile"], r["n"], r["score_min"], r["score_max"]) for r in q] == [
+        (1, 2, 0.3, 0.6), (2, 1, 0.85, 0.85), (3, 1, 0.97, 0.97), (4, 1, 1.0, 1.0)]  # fmt: skip
+    assert q[0]["dice"] == pytest.approx(0.25) and q[0]["poor_rate"] == 1.0 and q[3]["poor_rate"] == 1.0
 
 
 def test_confidence_vs_dice_degenerate_cases_say_why():
@@ -514,6 +519,8 @@ def test_report_uncertainty_and_markdown_tables(report):
     assert "Pearson r (agreement, Dice): " in md
     assert "### Mean probability inside the mask (masks that are not empty)" in md
     assert "AUROC of 1 - mask probability for Dice < 0.5: 0.000" in md
+    assert "| 1 (lowest) | 1 | 0.4000-0.4000 | 0.000 | 1.000 |" in md  # quarters of 3 samples: 1, 1, 1, 0
+    assert "| 4 (highest) | 0 | – | – | – |" in md
     no_u = report_to_markdown(dict(r, uncertainty=None))
     assert "Agreement of" not in no_u and "### Boundary" in no_u
     with pytest.raises(ValueError, match=r"agreements\[0\] must be in \[0, 1\]"):

@@ -468,6 +468,8 @@ def confidence_vs_dice(
     - ``"missing"``: for each of the three above that is ``None``, why (e.g. "no sample has Dice < 0.5")
     - ``"by_band"``: one row per score band of :data:`AGREEMENT_BANDS` with ``n``, mean Dice, share of
       poor masks and share of failures (Dice 0)
+    - ``"by_quartile"``: the samples ranked by score and cut into four quarters (1: lowest scores), each
+      with ``n``, its score range, mean Dice and share of poor masks
 
     Raises:
         ValueError: lengths differ; a value outside [0, 1].
@@ -517,6 +519,20 @@ def confidence_vs_dice(
             }
         )
     out["by_band"] = rows
+    # quarters of the samples ranked by score (ties in the order of the samples): where fixed bands put
+    # every sample in one band, these still show whether the least confident quarter is the worst one
+    order = np.argsort(a, kind="stable")
+    out["by_quartile"] = [
+        {
+            "quartile": q + 1,
+            "n": len(part),
+            "score_min": float(a[part].min()) if len(part) else None,
+            "score_max": float(a[part].max()) if len(part) else None,
+            "dice": _mean(d[part].tolist()),
+            "poor_rate": _ratio(int(poor[part].sum()), len(part)),
+        }
+        for q, part in enumerate(np.array_split(order, 4))
+    ]
     return out
 
 
@@ -828,6 +844,12 @@ def _confidence_table(u: dict[str, Any], heading: str, score: str) -> list[str]:
     ]
     lines += [f"| {r['band']} | {r['n']} | {_fmt(r['dice'])} | {_fmt(r['poor_rate'])} | {_fmt(r['failure_rate'])} |"
               for r in u["by_band"]]  # fmt: skip
+    if u.get("by_quartile"):
+        lines += ["", f"| quarter by {score} | n | {score} range | Dice | share {poor} |", "|---|---:|---:|---:|---:|"]
+        for r in u["by_quartile"]:
+            span = "–" if r["score_min"] is None else f"{r['score_min']:.4f}-{r['score_max']:.4f}"
+            name = {1: "1 (lowest)", 4: "4 (highest)"}.get(r["quartile"], str(r["quartile"]))
+            lines.append(f"| {name} | {r['n']} | {span} | {_fmt(r['dice'])} | {_fmt(r['poor_rate'])} |")
     return lines
 
 
