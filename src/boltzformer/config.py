@@ -82,7 +82,7 @@ class DecoderConfig:
     sample_ratio: float = 0.1  # draws per query and head, as a fraction of the level's tokens
     base_temperature: float = 1.0  # tau0; layer l uses tau0 / (1 + l)
     threshold: float | None = None  # always-attend tokens with sigmoid >= threshold (None: none)
-    attention_impl: str = "gather"  # sampled sets: "gather" the drawn tokens, or "dense" attention with a mask
+    attention_impl: str = "gather"  # sampled sets: "gather" only the drawn tokens (docs/benchmarks.md), or "dense" attention with a mask
     existence: bool = False  # existence head (BiomedParse v2): is the prompted target in the image?
     decoder_impl: str = "efficient"  # "efficient", or "reference": the reference code's costlier formulation (benchmarks)
 
@@ -165,9 +165,7 @@ def _paper_size(preset: str, backbone: BackboneConfig) -> ModelConfig:
         backbone=backbone,
         pixel_decoder=PixelDecoderConfig(conv_dim=512, mask_dim=512, encoder_layers=6, encoder_heads=8, encoder_ffn_dim=2048),
         text=TextConfig(vocab_size=49408, context_length=77, width=512, layers=12, heads=8, activation="quick_gelu", ln_eps=1e-12),
-        # 101 queries over up to 16384 tokens: on CPU, dense attention with the drawn sets as a mask
-        # is faster than gathering them (docs/results.md); same result
-        decoder=DecoderConfig(hidden_dim=512, num_heads=8, ffn_dim=2048, num_layers=9, num_queries=101, attention_impl="dense"),
+        decoder=DecoderConfig(hidden_dim=512, num_heads=8, ffn_dim=2048, num_layers=9, num_queries=101),
     )
 
 

@@ -112,8 +112,9 @@ def _sorted_uniforms(shape: tuple[int, ...], n: int, device, generator: torch.Ge
     The normalised partial sums of n + 1 standard exponentials are distributed exactly as the order
     statistics of n uniforms, so sorting is not needed (it costs more than the draws themselves).
     """
-    spacings = torch.empty((*shape, n + 1), dtype=torch.float64, device=device).exponential_(generator=generator)
-    sums = spacings.cumsum_(-1)
+    # -log(1 - U) is a standard exponential (and finite: 1 - U is in (0, 1]); twice as fast as exponential_
+    spacings = torch.rand((*shape, n + 1), dtype=torch.float64, device=device, generator=generator)
+    sums = spacings.neg_().log1p_().neg_().cumsum_(-1)
     return sums[..., :n] / sums[..., n:]
 
 
