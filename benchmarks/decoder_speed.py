@@ -84,13 +84,14 @@ def step():
         t.grad = None
 
 base = rss_gb()
-times = []
+times, cpu = [], []
 for i in range({repeat} + 1):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     step()
     if i:  # the first call warms up
+        cpu.append(time.process_time() - c)
         times.append(time.perf_counter() - t)
-print(json.dumps({{"times": times, "peak_gb": peak_gb() - base}}))
+print(json.dumps({{"times": times, "cpu": cpu, "peak_gb": peak_gb() - base}}))
 """
 
 _ATTENTION_CHILD = _SETUP + r"""
@@ -128,13 +129,14 @@ with torch.inference_mode():
         else:
             fn = lambda: F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     base = rss_gb()
-    times = []
+    times, cpu = [], []
     for i in range({repeat} + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         if i:
+            cpu.append(time.process_time() - c)
             times.append(time.perf_counter() - t)
-print(json.dumps({{"times": times, "peak_gb": peak_gb() - base}}))
+print(json.dumps({{"times": times, "cpu": cpu, "peak_gb": peak_gb() - base}}))
 """
 
 
@@ -160,6 +162,7 @@ def _alternate(codes: dict[str, str], rounds: int) -> dict[str, dict]:
             continue
         out[label] = {
             "seconds": statistics.median(t for r in ok for t in r["times"]),
+            "cpu_seconds": statistics.median(t for r in ok for t in r["cpu"]),
             "peak_gb": statistics.median(r["peak_gb"] for r in ok),
         }
     return out
@@ -185,7 +188,7 @@ def bench_sizes(args, common: dict) -> list[dict]:
                 rows.append({
                     "preset": preset, "size": size, "job": "train step" if train else "eval",
                     "ours_s": ours.get("seconds"), "ref_s": ref.get("seconds"),
-                    "speedup": _ratio(ours, ref, "seconds"),
+                    "speedup": _ratio(ours, ref, "seconds"), "cpu_speedup": _ratio(ours, ref, "cpu_seconds"),
                     "ours_gb": ours.get("peak_gb"), "ref_gb": ref.get("peak_gb"),
                     "memory_ratio": None if _ratio(ours, ref, "peak_gb") is None else 1 / _ratio(ours, ref, "peak_gb"),
                     "error": ours.get("error") or ref.get("error"),
@@ -209,6 +212,7 @@ def bench_ratios(args, common: dict) -> list[dict]:
             "attention": attention, "ratio": ratio,
             "ours_s": r["efficient"].get("seconds"), "ref_s": r["reference"].get("seconds"),
             "speedup": _ratio(r["efficient"], r["reference"], "seconds"),
+            "cpu_speedup": _ratio(r["efficient"], r["reference"], "cpu_seconds"),
             "ours_gb": r["efficient"].get("peak_gb"), "ref_gb": r["reference"].get("peak_gb"),
             "error": r["efficient"].get("error") or r["reference"].get("error"),
         })
@@ -229,13 +233,14 @@ def bench_attention(args, common: dict) -> list[dict]:
             codes[f"sampled {ratio}"] = _ATTENTION_CHILD.format(form="sampled", ratio=ratio, **fmt)
             codes[f"masked {ratio}"] = _ATTENTION_CHILD.format(form="masked", ratio=ratio, **fmt)
         r = _alternate(codes, args.rounds)
-        full = r["full"].get("seconds")
+        full, full_cpu = r["full"].get("seconds"), r["full"].get("cpu_seconds")
         for label, res in r.items():
             form, _, ratio = label.partition(" ")
             rows.append({
                 "size": size, "tokens": N, "form": form, "ratio": float(ratio) if ratio else None,
                 "ms": None if "seconds" not in res else 1e3 * res["seconds"],
                 "vs_full": None if "seconds" not in res or not full else res["seconds"] / full,
+                "cpu_vs_full": None if "cpu_seconds" not in res or not full_cpu else res["cpu_seconds"] / full_cpu,
                 "error": res.get("error"),
             })
             print(rows[-1], flush=True)
@@ -307,7 +312,7 @@ def main() -> None:
     p.add_argument("--plot", default=None, help="PNG of the three parts (needs matplotlib)")
     args = p.parse_args()
     if args.quick:
-        args.presets, args.sizes, args.ratios = ["tiny"], [256, 512], [0.1, 1.0]
+        args.presets, args.sizes, args.ratios = ["tiny"], [256], [0.1]
         args.sweep_preset, args.sweep_size, args.attention_sizes = "tiny", 256, [256]
         args.repeat, args.rounds = 1, 1
     common = dict(threads=args.threads, repeat=args.repeat, mem_limit=int(args.mem_limit_gb * 2**30))
@@ -315,13 +320,13 @@ def main() -> None:
     result["machine"]["torch_threads"] = args.threads
     if "sizes" in args.parts:
         result["sizes"] = bench_sizes(args, common)
-        print(table(result["sizes"], ["preset", "size", "job", "ours_s", "ref_s", "speedup", "ours_gb", "ref_gb", "memory_ratio", "error"]))
+        print(table(result["sizes"], ["preset", "size", "job", "ours_s", "ref_s", "speedup", "cpu_speedup", "ours_gb", "ref_gb", "memory_ratio", "error"]))
     if "ratios" in args.parts:
         result["ratios"] = bench_ratios(args, common)
-        print(table(result["ratios"], ["attention", "ratio", "ours_s", "ref_s", "speedup", "ours_gb", "ref_gb", "error"]))
+        print(table(result["ratios"], ["attention", "ratio", "ours_s", "ref_s", "speedup", "cpu_speedup", "ours_gb", "ref_gb", "error"]))
     if "attention" in args.parts:
         result["attention"] = bench_attention(args, common)
-        print(table(result["attention"], ["size", "tokens", "form", "ratio", "ms", "vs_full", "error"]))
+        print(table(result["attention"], ["size", "tokens", "form", "ratio", "ms", "vs_full", "cpu_vs_full", "error"]))
     if args.json:
         write_json(result, args.json)
     if args.plot:
