@@ -72,10 +72,11 @@ def _assert_same_outputs(a, b, atol=2e-5):
         torch.testing.assert_close(a.existence_logits, b.existence_logits, atol=atol, rtol=1e-4)
 
 
-@pytest.mark.parametrize("direction", ["ours_into_reference", "reference_into_ours"])
-def test_boltzmann_outputs_equal_with_the_same_sets(direction):
+@pytest.mark.parametrize("direction,size", [("ours_into_reference", 64), ("reference_into_ours", 64),
+                                            ("reference_into_ours", 96)])
+def test_boltzmann_outputs_equal_with_the_same_sets(direction, size):
     ours, ref = _pair(existence=True)
-    inputs = _inputs()
+    inputs = _inputs(S=size)  # 96: levels of 3, 6 and 12 tokens a side
     with torch.no_grad():
         if direction == "ours_into_reference":
             first = _record(ours.eval(), inputs, 3, return_aux=True)
