@@ -82,8 +82,9 @@ def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     f = H // h
     o = f // 2 - 1
-    rows = (x[..., o::f, :] + x[..., o + 1 :: f, :]) * 0.5  # B x C x h x W
-    return (rows[..., o::f] + rows[..., o + 1 :: f]) * 0.5  # B x C x h x w
+    # four strided B x C x h x w views: no intermediate larger than the result
+    top = x[..., o::f, o::f] + x[..., o::f, o + 1 :: f]
+    return (top + (x[..., o + 1 :: f, o::f] + x[..., o + 1 :: f, o + 1 :: f])) * 0.25
 
 
 class BoltzmannDecoder(nn.Module):
