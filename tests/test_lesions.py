@@ -41,3 +41,17 @@ def test_lesion_records():
     assert lesions(np.zeros((4, 4), bool)) == []
     with pytest.raises(ValueError, match="probability"):
         lesions(m, probability=prob[:5])
+
+
+def test_scipy_and_the_torch_fallback_label_alike(monkeypatch):
+    import sys
+
+    from boltzformer.lesions import label_components
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((40, 55)) > p for p in (0.4, 0.6, 0.8)]
+    with_scipy = [label_components(m) for m in masks]
+    monkeypatch.setitem(sys.modules, "scipy", None)  # "from scipy import ndimage" now raises ImportError
+    for m, (labels, n) in zip(masks, with_scipy):
+        fb_labels, fb_n = label_components(m)
+        assert n == fb_n > 1 and np.array_equal(labels, fb_labels)

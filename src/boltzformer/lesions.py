@@ -37,6 +37,14 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     m = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
     if m.dim() != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {tuple(m.shape)}")
+    try:
+        from scipy import ndimage
+    except ImportError:  # the core needs torch only: propagate labels with max-pooling below
+        ndimage = None
+    if ndimage is not None:
+        # scipy labels in raster order of each component's first pixel, as the fallback does
+        labels, n = ndimage.label(m.numpy(), structure=np.ones((3, 3), dtype=bool))
+        return labels.astype(np.int64), int(n)
     fg = m.float()[None, None]
     # start from a unique id per foreground pixel (1..HW), then spread the largest id over each component
     ids = (torch.arange(1, m.numel() + 1, dtype=torch.float64).view(1, 1, *m.shape)) * fg.double()
