@@ -299,9 +299,10 @@ def boundary_metrics(
     """HD95 and NSD of one predicted and one true mask, with MONAI's ``compute_hausdorff_distance``
     (``percentile=95``, symmetric) and ``compute_surface_dice``.
 
-    HD95 is the 95th percentile of the distances from each boundary pixel of either mask to the other
-    mask's boundary; NSD (Nikolov et al. 2021) is the fraction of both boundaries that lies within
-    ``tolerance`` of the other boundary, in [0, 1].
+    HD95 is the larger of the two directed 95th percentiles: of the distances from each boundary pixel
+    of the prediction to the target's boundary, and from the target's to the prediction's. NSD (Nikolov
+    et al. 2021) is the fraction of both boundaries that lies within ``tolerance`` of the other
+    boundary, in [0, 1].
 
     Args:
         pred: (H, W) predicted mask, bool or 0/1 (numpy or torch).
