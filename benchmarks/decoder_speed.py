@@ -15,9 +15,9 @@ Three parts, all on random inputs shaped like the preset's pixel-decoder outputs
    form at each fraction against dense attention over every token (``full``) and the reference's
    dense attention with the boolean mask, and the K/V projections of the same layer for scale.
 
-Every measurement runs in a fresh process (so that its peak memory is its own: the maximum resident
-set size minus the resident size before the first call, with RLIMIT_AS so that running out of memory
-is an error, not a kill) and ours and the reference alternate, process after process, for
+Every measurement runs in a fresh process (so that its peak memory is its own: the peak resident
+set size during the calls, reset with ``/proc/self/clear_refs`` after the setup, minus the resident
+size before the first call; RLIMIT_AS makes running out of memory an error, not a kill) and ours and the reference alternate, process after process, for
 ``--rounds`` rounds: the machine is shared, so the ratios of medians taken in the same run are the
 numbers to read, not the absolute times.
 """
@@ -42,12 +42,23 @@ torch.set_num_threads({threads})
 import boltzformer
 from boltzformer.model.text import TextFeatures
 
+def _status_gb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 2**20  # kB -> GB
+
 def rss_gb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**30
+    # reset the peak (VmHWM) to the current resident size, so that the peak counts the measured
+    # calls only, not building the model
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_gb("VmRSS:")
 
 def peak_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return _status_gb("VmHWM:")
 
 torch.manual_seed(0)
 """

@@ -212,6 +212,11 @@ def available(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" for t in tensors) and _lib() is not None
 
 
+def _threads(work: int) -> int:
+    """torch's thread count, or 1 for calls too small to repay waking the other threads."""
+    return torch.get_num_threads() if work >= 1 << 20 else 1
+
+
 def _ptr(t: Tensor) -> int:
     assert t.is_contiguous(), "kernel inputs must be contiguous"
     return t.data_ptr()
@@ -224,7 +229,7 @@ def segments(rows: Tensor, num_rows: int, channels: int) -> Tensor:
     bs = _block(channels)
     nb = -(-num_rows // bs)
     seg = torch.empty(R, nb + 1, dtype=torch.int64)
-    _lib().segments(_ptr(rows), R, n, bs, nb, _ptr(seg), torch.get_num_threads())
+    _lib().segments(_ptr(rows), R, n, bs, nb, _ptr(seg), _threads(R * (n + nb)))
     return seg
 
 
@@ -233,7 +238,7 @@ def sddmm(A: Tensor, X: Tensor, rows: Tensor, valid: Tensor, seg: Tensor) -> Ten
     R, n = rows.shape
     out = torch.empty(R, n, dtype=torch.float32)
     _lib().sddmm(_ptr(A), _ptr(X), _ptr(rows), _ptr(valid), _ptr(seg), R, n, A.shape[1], seg.shape[1] - 1,
-                 _ptr(out), torch.get_num_threads())
+                 _ptr(out), _threads(R * n * A.shape[1]))
     return out
 
 
@@ -242,7 +247,7 @@ def spmm(W: Tensor, X: Tensor, rows: Tensor, seg: Tensor) -> Tensor:
     R, n = rows.shape
     out = torch.zeros(R, X.shape[1], dtype=torch.float32)
     _lib().spmm(_ptr(W), _ptr(X), _ptr(rows), _ptr(seg), R, n, X.shape[1], seg.shape[1] - 1, _ptr(out),
-                torch.get_num_threads())
+                _threads(R * n * X.shape[1]))
     return out
 
 
@@ -251,7 +256,7 @@ def spmm_t(W: Tensor, A: Tensor, rows: Tensor, seg: Tensor, num_rows: int) -> Te
     R, n = rows.shape
     out = torch.zeros(num_rows, A.shape[1], dtype=torch.float32)
     _lib().spmm_t(_ptr(W), _ptr(A), _ptr(rows), _ptr(seg), R, n, A.shape[1], seg.shape[1] - 1, _ptr(out),
-                  torch.get_num_threads())
+                  _threads(R * n * A.shape[1]))
     return out
 
 
@@ -260,5 +265,5 @@ def draw_sorted(cdf: Tensor, u: Tensor, n: int) -> Tensor:
     values are sorted: a galloping search from the previous answer."""
     R, N = cdf.shape
     out = torch.empty(u.shape, dtype=torch.int64)
-    _lib().draw_sorted(_ptr(cdf), _ptr(u), R, N, u.shape[1], n, _ptr(out), torch.get_num_threads())
+    _lib().draw_sorted(_ptr(cdf), _ptr(u), R, N, u.shape[1], n, _ptr(out), _threads(u.numel() * 16))
     return out
