@@ -123,7 +123,13 @@ with torch.inference_mode():
     q = F.linear(query, w[:C], b[:C])
     k = F.linear(memory + pos, w[C:2 * C], b[C:2 * C])
     v = F.linear(memory, w[2 * C:], b[2 * C:])
-    if form == "sampled":
+    key = memory + pos
+    if form == "layer full":  # the whole attention: projections, dense attention over every token, output
+        fn = lambda: attn(query, key, memory)
+    elif form == "layer sampled":  # the same over the drawn tokens (projections folded where that pays)
+        idx, valid = sample_token_indices(logits, 1.0, ratio, generator=g, sets=H)
+        fn = lambda: attn.forward_sampled(query, key, memory, indices=idx.transpose(1, 2), valid=valid.transpose(1, 2))
+    elif form == "sampled":
         idx, valid = sample_token_indices(logits, 1.0, ratio, generator=g, sets=H)  # B x Q x H x n
         n = idx.shape[-1]
         rows = ((idx + (torch.arange(B) * N).view(B, 1, 1, 1)) * H + torch.arange(H).view(1, 1, H, 1)).view(-1, n)
@@ -239,14 +245,20 @@ def bench_attention(args, common: dict) -> list[dict]:
         N = (size // 8) ** 2
         fmt = dict(hidden=512, heads=8, queries=101, tokens=N, **common)
         codes = {"full": _ATTENTION_CHILD.format(form="full", ratio=1.0, **fmt),
-                 "projections": _ATTENTION_CHILD.format(form="projections", ratio=1.0, **fmt)}
+                 "projections": _ATTENTION_CHILD.format(form="projections", ratio=1.0, **fmt),
+                 "layer full": _ATTENTION_CHILD.format(form="layer full", ratio=1.0, **fmt)}
         for ratio in args.ratios:
             codes[f"sampled {ratio}"] = _ATTENTION_CHILD.format(form="sampled", ratio=ratio, **fmt)
             codes[f"masked {ratio}"] = _ATTENTION_CHILD.format(form="masked", ratio=ratio, **fmt)
+            codes[f"layer sampled {ratio}"] = _ATTENTION_CHILD.format(form="layer sampled", ratio=ratio, **fmt)
         r = _alternate(codes, args.rounds)
-        full, full_cpu = r["full"].get("seconds"), r["full"].get("cpu_seconds")
         for label, res in r.items():
-            form, _, ratio = label.partition(" ")
+            form, _, ratio = label.rpartition(" ")
+            if not form or not ratio[:1].isdigit():
+                form, ratio = label, ""
+            # the attention part against full attention's; a whole layer against a whole dense layer
+            base = r["layer full"] if form.startswith("layer") else r["full"]
+            full, full_cpu = base.get("seconds"), base.get("cpu_seconds")
             rows.append({
                 "size": size, "tokens": N, "form": form, "ratio": float(ratio) if ratio else None,
                 "ms": None if "seconds" not in res else 1e3 * res["seconds"],
@@ -289,11 +301,12 @@ def plot(result: dict, path: str) -> None:
     ax.legend(fontsize=7)
     ax = axes[2]
     for size in sorted({r["size"] for r in result["attention"]}):
-        for form, style in (("sampled", "-o"), ("masked", "--s")):
+        for form, style, label in (("sampled", "-o", "ours, scores + sum"), ("masked", "--s", "dense + mask (reference)"),
+                                   ("layer sampled", "-.^", "ours, whole layer / dense layer")):
             pts = [(100 * r["ratio"], r["vs_full"]) for r in result["attention"]
                    if r["size"] == size and r["form"] == form and r["vs_full"]]
             if pts:
-                ax.plot(*zip(*pts), style, label=f"{size}px: {'ours' if form == 'sampled' else 'dense + mask (reference)'}")
+                ax.plot(*zip(*pts), style, label=f"{size}px: {label}")
     ax.axhline(1.0, color="grey", ls=":", label="full attention")
     ax.axhline(0.25, color="red", ls=":", lw=0.8, label="target 0.25")
     ax.set(xlabel="sampled fraction (%)", ylabel="time / full attention",
@@ -320,6 +333,7 @@ def main() -> None:
     p.add_argument("--mem-limit-gb", type=float, default=20.0)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny preset, small sizes, one round")
     p.add_argument("--json", default=None)
+    p.add_argument("--update", action="store_true", help="keep the parts of an existing --json that this run skips")
     p.add_argument("--plot", default=None, help="PNG of the three parts (needs matplotlib)")
     args = p.parse_args()
     if args.quick:
@@ -329,6 +343,12 @@ def main() -> None:
     common = dict(threads=args.threads, repeat=args.repeat, mem_limit=int(args.mem_limit_gb * 2**30))
     result = {"machine": machine(), "threads": args.threads, "args": vars(args), "sizes": [], "ratios": [], "attention": []}
     result["machine"]["torch_threads"] = args.threads
+    if args.update and args.json and Path(args.json).is_file():
+        old = json.loads(Path(args.json).read_text())
+        for part in ("sizes", "ratios", "attention"):
+            if part not in args.parts:
+                result[part] = old.get(part, [])
+        result["args"] = {**old.get("args", {}), **{k: v for k, v in vars(args).items() if k in ("attention_sizes", "ratios")}}
     if "sizes" in args.parts:
         result["sizes"] = bench_sizes(args, common)
         print(table(result["sizes"], ["preset", "size", "job", "ours_s", "ref_s", "speedup", "cpu_speedup", "ours_gb", "ref_gb", "memory_ratio", "error"]))
