@@ -87,6 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesion-iou", type=float, default=None,
                    help="a predicted lesion detects a true one when IoU > this (default: any overlap)")
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm, or pixels without spacing")
+    p.add_argument("--negatives", type=float, default=0.0, metavar="RATIO",
+                   help="add RATIO x N negative prompts (targets absent from the image) to measure the existence head")
 
     p = sub.add_parser("predict", help="segment what prompts name in images, volumes or folders of them")
     p.add_argument("--checkpoint", required=True)
@@ -224,6 +226,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_data_arg(args.data)
     model = load_checkpoint(args.checkpoint)
     dataset = open_dataset(args.data, args.split, seed=args.data_seed, synthetic_size=model.config.image_size)
+    if args.negatives:
+        from boltzformer.data.negatives import WithNegatives
+
+        dataset = WithNegatives(dataset, args.negatives, seed=args.data_seed)
     report = evaluate_model(model, dataset, batch_size=args.batch_size, seed=args.seed, limit=args.limit, progress=True,
                             samples=args.samples, lesion_iou=args.lesion_iou, nsd_tolerance=args.nsd_tolerance)
     report["checkpoint"] = str(args.checkpoint)

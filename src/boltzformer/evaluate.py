@@ -61,6 +61,7 @@ __all__ = [
     "confidence_vs_dice",
     "dice_per_sample",
     "evaluate_model",
+    "existence_summary",
     "failure_auroc",
     "match_lesions",
     "pairwise_agreement",
@@ -889,6 +890,16 @@ def report_to_markdown(report: dict[str, Any], *, title: str | None = None) -> s
         rows.append(("empty target", n_empty, dice_cell(_mean(empty), _std(empty)), "–"))
 
     lines = []
+    if report.get("existence"):
+        e = report["existence"]
+        lines_existence = [
+            "",
+            f"Existence head ({e['n_present']} with the target, {e['n_absent']} without): AUROC {_fmt(e['auroc'])}, "
+            f"sensitivity {_fmt(e['sensitivity'])}, specificity {_fmt(e['specificity'])} at {e['threshold']:g}; "
+            f"Dice on the images with the target {_fmt(report.get('dice_with_target'))}.",
+        ]
+    else:
+        lines_existence = []
     if title:
         lines += [f"## {title}", ""]
     lines += ["| subset | n | Dice (mean ± std) | failure rate |", "|---|---:|---:|---:|"]
@@ -910,6 +921,7 @@ def report_to_markdown(report: dict[str, Any], *, title: str | None = None) -> s
     if uncertainty.get("mask_probability"):
         heading = "Mean probability inside the mask (masks that are not empty)"
         lines += [""] + _confidence_table(uncertainty["mask_probability"], heading, "mask probability")
+    lines += lines_existence
     return "\n".join(lines) + "\n"
 
 
@@ -1041,6 +1053,7 @@ def evaluate_model(
         bar = tqdm(total=n, desc="evaluate" if samples == 1 else f"evaluate ({samples} passes)", unit="img")
     model.eval()
     gated = False
+    presence: list[tuple[float, bool]] = []  # (mean existence probability, the target is there) per sample
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
         probs, existence = predict_passes(
@@ -1051,6 +1064,8 @@ def evaluate_model(
             agreement = pairwise_agreement(p > threshold) if samples > 1 else None
             mean = p.mean(0)  # H x W
             pred = mean > threshold
+            if existence is not None:
+                presence.append((float(existence[i].mean()), bool((s["mask"] >= 0.5).any())))
             if existence is not None and float(existence[i].mean()) < existence_threshold:
                 pred = torch.zeros_like(pred)  # the existence head says the target is absent
             report.update(
@@ -1072,4 +1087,34 @@ def evaluate_model(
     result["pass_seeds"] = [seed + k for k in range(samples)]
     result["threshold"] = threshold
     result["existence_threshold"] = existence_threshold if gated else None  # None: the model has no existence head
+    result["existence"] = existence_summary(presence, existence_threshold) if gated else None
+    with_target = [x["dice"] for x in result["samples"] if not x["target_empty"]]
+    result["dice_with_target"] = _mean(with_target)  # Dice on the images that hold their target
     return result
+
+
+def existence_summary(presence: Sequence[tuple[float, bool]], threshold: float = 0.5) -> dict[str, Any]:
+    """How well the existence head tells images with the target from images without it.
+
+    Args:
+        presence: per sample, (probability that the target is there, whether it is).
+        threshold: the probability from which the target is reported present.
+
+    Returns:
+        ``"auroc"`` (None when every sample, or none, holds its target), ``"accuracy"``,
+        ``"sensitivity"`` (targets there and reported), ``"specificity"`` (targets absent and not
+        reported), ``"n_present"``, ``"n_absent"``, ``"threshold"``.
+    """
+    probs = [p for p, _ in presence]
+    there = [t for _, t in presence]
+    said = [p >= threshold for p in probs]
+    n_present, n_absent = sum(there), len(there) - sum(there)
+    return {
+        "auroc": failure_auroc(probs, there) if presence else None,
+        "accuracy": _ratio(sum(a == b for a, b in zip(said, there)), len(there)),
+        "sensitivity": _ratio(sum(a and b for a, b in zip(said, there)), n_present),
+        "specificity": _ratio(sum(not a and not b for a, b in zip(said, there)), n_absent),
+        "n_present": n_present,
+        "n_absent": n_absent,
+        "threshold": threshold,
+    }

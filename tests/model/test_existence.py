@@ -152,3 +152,32 @@ def test_cli_trains_the_head_with_negatives(tmp_path, shared_data):
     saved = json.loads((out / "config.json").read_text())
     assert saved["train"]["negative_ratio"] == 0.5
     assert main(["train", "--data", data, "--out", str(tmp_path / "bad"), "--negatives", "-1"]) == 2
+
+
+def test_existence_summary_counts_and_auroc():
+    from boltzformer.evaluate import existence_summary
+
+    s = existence_summary([(0.9, True), (0.6, True), (0.7, False), (0.1, False), (0.2, True)], threshold=0.5)
+    assert s["n_present"] == 3 and s["n_absent"] == 2
+    assert s["sensitivity"] == pytest.approx(2 / 3) and s["specificity"] == pytest.approx(1 / 2)
+    assert s["accuracy"] == pytest.approx(3 / 5)
+    # pairs (present, absent) ranked right: 0.9>0.7, 0.9>0.1, 0.6<0.7, 0.6>0.1, 0.2<0.7, 0.2>0.1 -> 4/6
+    assert s["auroc"] == pytest.approx(4 / 6)
+    assert existence_summary([(0.3, True)])["auroc"] is None
+
+
+def test_evaluate_reports_existence_with_negative_prompts(tmp_path, shared_data):
+    from boltzformer.cli import main
+
+    model = _tiny(existence=True)
+    model.config.image_size = 64
+    ckpt = boltzformer.save_checkpoint(model, tmp_path / "m.ckpt")
+    data = f"{shared_data / 'kvasir_small_polyp'},{shared_data / 'lgg_brain_flair'}"
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data, "--out", str(out), "--negatives", "1.0",
+                 "--split", "val"]) == 0
+    report = json.loads(out.read_text())
+    e = report["existence"]
+    assert e["n_absent"] > 0 and e["n_present"] > 0 and e["n_absent"] == report["n_empty"]
+    assert 0.0 <= e["auroc"] <= 1.0 and report["dice_with_target"] is not None
+    assert "Existence head" in (tmp_path / "r.md").read_text()
