@@ -130,11 +130,11 @@ def _draw(probs: Tensor, n: int, generator: torch.Generator | None, *, sets: int
     about three times the cost on CPU.
     """
     *lead, N = probs.shape
-    rows = probs.reshape(-1, N).double()
+    rows = probs.reshape(-1, N).to(torch.float64, copy=True)  # modified in place below
     # rows with no candidate draw uniformly (the draws are then irrelevant: every token of such a
     # row is always attended)
-    rows = torch.where(rows.sum(-1, keepdim=True) <= 0, torch.ones_like(rows), rows)
-    cdf = rows.cumsum(-1)  # R x N
+    rows.masked_fill_(rows.sum(-1, keepdim=True) <= 0, 1.0)
+    cdf = rows.cumsum_(-1)  # R x N, in place: no second R x N float64 buffer
     total = cdf[:, -1:]
     k = 1 if sets is None else sets
     u = _sorted_uniforms((cdf.shape[0], k), n, probs.device, generator) * total[:, :, None]  # R x k x n

@@ -189,8 +189,8 @@ class BoltzmannDecoder(nn.Module):
             # B x C x h x w -> B x hw x C
             # B x C x h x w -> B x hw x C, contiguous: the three layers on this level project it
             src.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).transpose(1, 2).contiguous())
-            pos = sine_position_encoding(h, w, C // 2, device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2)
-            src_pos.append(src[-1] + pos)  # the keys' input, once per level instead of once per layer
+            # the keys' input, once per level instead of once per layer
+            src_pos.append(src[-1] + sine_position_encoding(h, w, C // 2, device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2))
             # mask features at this level's resolution, for the sampling distributions
             level_features.append(resize_bilinear(mask_features, (h, w)))
 
