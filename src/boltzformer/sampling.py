@@ -115,7 +115,7 @@ def _sorted_uniforms(shape: tuple[int, ...], n: int, device, generator: torch.Ge
     # -log(1 - U) is a standard exponential (and finite: 1 - U is in (0, 1]); twice as fast as exponential_
     spacings = torch.rand((*shape, n + 1), dtype=torch.float64, device=device, generator=generator)
     sums = spacings.neg_().log1p_().neg_().cumsum_(-1)
-    return sums[..., :n] / sums[..., n:]
+    return sums[..., :n].mul_(sums[..., n:].reciprocal())  # in place: a (*shape, n) view
 
 
 def _draw(probs: Tensor, n: int, generator: torch.Generator | None, *, sets: int | None = None) -> Tensor:
@@ -137,9 +137,9 @@ def _draw(probs: Tensor, n: int, generator: torch.Generator | None, *, sets: int
     cdf = rows.cumsum_(-1)  # R x N, in place: no second R x N float64 buffer
     total = cdf[:, -1:]
     k = 1 if sets is None else sets
-    u = _sorted_uniforms((cdf.shape[0], k), n, probs.device, generator) * total[:, :, None]  # R x k x n
+    u = _sorted_uniforms((cdf.shape[0], k), n, probs.device, generator).mul_(total[:, :, None])  # R x k x n
     # u < total in exact arithmetic; keep it so after rounding, so no zero-probability tail token is hit
-    u = torch.minimum(u.view(-1, k * n), torch.nextafter(total, torch.zeros_like(total)))
+    u = u.clamp_(max=torch.nextafter(total, torch.zeros_like(total))[:, :, None]).reshape(-1, k * n).contiguous()
     if cpu_kernels.available(cdf):  # the same answer, searching from the previous draw's token
         idx = cpu_kernels.draw_sorted(cdf, u.contiguous(), n)
     else:
