@@ -114,9 +114,9 @@ class PixelDecoder(nn.Module):
         for i, c in enumerate((c2, c3, c4), start=1):
             setattr(self, f"adapter_{i}", ConvNorm(c, conv_dim, 1, norm=gn(), bias=False))
             setattr(
-                self, f"layer_{i}", ConvNorm(conv_dim, conv_dim, 3, norm=gn(), activation=F.relu, bias=False)
+                self, f"layer_{i}", ConvNorm(conv_dim, conv_dim, 3, norm=gn(), activation=F.relu_, bias=False)
             )
-        self.layer_4 = ConvNorm(conv_dim, conv_dim, 3, norm=gn(), activation=F.relu, bias=False)
+        self.layer_4 = ConvNorm(conv_dim, conv_dim, 3, norm=gn(), activation=F.relu_, bias=False)
         self.mask_features = ConvNorm(conv_dim, mask_dim, 3)
 
     def forward(self, features: dict[str, Tensor]) -> PixelDecoderOutput:
@@ -132,7 +132,9 @@ class PixelDecoder(nn.Module):
         multi_scale = [y]
         for i, name in ((3, "res4"), (2, "res3"), (1, "res2")):
             lateral = getattr(self, f"adapter_{i}")(features[name])
-            y = lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest")
+            # in place (ReLU above too): the FPN's stride-4 maps are 128 MB each at 1024 x 1024, and
+            # neither GroupNorm's nor the sum's backward needs the overwritten tensor
+            y = lateral.add_(F.interpolate(y, size=lateral.shape[-2:], mode="nearest"))
             y = getattr(self, f"layer_{i}")(y)
             if len(multi_scale) < 3:
                 multi_scale.append(y)
