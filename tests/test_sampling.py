@@ -135,3 +135,20 @@ def test_uniform_mode_is_uniform():
     expected = 1 - (1 - 1 / 20) ** 2
     se = math.sqrt(expected * (1 - expected) / 4000)
     assert ((keep.mean(0) - expected).abs() / se).max() < 4.5
+
+
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_per_head_sets_include_each_token_with_one_minus_one_minus_p_to_the_n(kernels, monkeypatch):
+    """Sets drawn per head from one shared distribution (the C kernel's search, and PyTorch's)."""
+    monkeypatch.setenv("BOLTZFORMER_CPU_KERNELS", kernels)
+    g = torch.Generator().manual_seed(99)
+    N, R, heads = 40, 5000, 3
+    logits = torch.randn(N, generator=g) * 3
+    idx, valid = sample_token_indices(logits.expand(R, N), 0.3, 0.1, generator=g, sets=heads)  # n = 4
+    assert idx.shape == (R, heads, 4) and (idx[..., 1:] >= idx[..., :-1]).all()
+    keep = torch.zeros(R, heads, N, dtype=torch.bool).scatter_(-1, idx, True)
+    assert torch.equal(keep.sum(-1), valid.sum(-1))  # valid marks each distinct token once
+    expected = inclusion_probability(boltzmann_distribution(logits, 0.3).double(), 4)
+    z = (keep.double().mean(0) - expected) / torch.sqrt(expected * (1 - expected) / R)
+    assert z.abs().max() < 4.5, z.abs().max()
+    assert not torch.equal(keep[:, 0], keep[:, 1])
