@@ -1,0 +1,153 @@
+"""Model inference: K sampled passes over a batch (:func:`predict_passes`) and a model over a dataset
+(:func:`evaluate_model`)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from boltzformer.evaluate.boundary import NSD_TOLERANCE
+from boltzformer.evaluate.confidence import POOR_DICE, existence_summary, pairwise_agreement
+from boltzformer.evaluate.metrics import _mean
+from boltzformer.evaluate.report import SegmentationReport
+
+
+# ---------------------------------------------------------------------------------------- model inference
+
+
+@torch.inference_mode()
+def predict_passes(
+    model: Any, images: Sequence[torch.Tensor], prompts: Sequence[str], *, image_size: int, generators: Sequence[torch.Generator]
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Probability maps of K sampled passes, one per generator, for a batch of images (3, H_i, W_i) 0-255.
+
+    The images are encoded once and decoded K times. With one generator the maps are those of
+    :func:`boltzformer.predict.predict_probabilities` (same values, bit for bit).
+
+    Returns:
+        ``(probabilities, existence)``: one (K, H_i, W_i) float tensor of probabilities per image, on the
+        CPU, on the image's own grid; and (B, K) probabilities that the target is in the image, or
+        ``None`` for a model without an existence head.
+    """
+    from boltzformer.transforms import from_model_output, to_model_input
+
+    inputs, geoms = zip(*(to_model_input(img, image_size) for img in images))
+    features = model.encode_image(torch.stack(inputs).to(model.device))
+    outs = [model.decode(features, list(prompts), generator=g) for g in generators]
+    logits = torch.stack([o.logits.float() for o in outs], 1)[:, :, 0]  # K x (B,1,h,w) -> B x K x h x w
+    probs = [from_model_output(lg, geom).sigmoid().cpu() for lg, geom in zip(logits, geoms)]
+    if getattr(outs[0], "existence_logits", None) is None:
+        return probs, None
+    existence = torch.stack([o.existence_logits.float() for o in outs], 1).sigmoid().cpu()  # K x (B,) -> B x K
+    return probs, existence
+
+
+def evaluate_model(
+    model: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 16,
+    seed: int = 0,
+    samples: int = 1,
+    threshold: float = 0.5,
+    existence_threshold: float = 0.5,
+    limit: int | None = None,
+    lesion_iou: float | None = None,
+    nsd_tolerance: float = NSD_TOLERANCE,
+    poor_dice: float = POOR_DICE,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``model`` over ``dataset`` and score every sample at its original resolution.
+
+    Each image is padded to a square and resized to the model's input, and the prediction is mapped
+    back to the image's own grid, so every metric is measured against the original mask (distances in
+    mm where a sample has a ``"spacing"`` (row, col) in mm, else in pixels).
+
+    With ``samples=K > 1`` every image gets K passes of the sampled attention; pass k draws from a
+    generator seeded ``seed + k`` (carried from batch to batch), the mask scored is the mean of the K
+    probability maps above ``threshold``, and each sample records the agreement of the K thresholded
+    masks (:func:`pairwise_agreement`); the report's ``"uncertainty"`` says how well agreement predicts
+    a poor mask, next to the mean probability inside the mask (recorded for any K). ``samples=1`` is the plain single pass with a generator seeded ``seed``. The same
+    ``seed``, ``samples`` and ``batch_size`` give a bit-identical report. For a model with an existence
+    head the mask is empty where the mean probability that the target is there is below
+    ``existence_threshold``, as :class:`~boltzformer.predict.Predictor` does.
+
+    Args:
+        model: a :class:`~boltzformer.model.BoltzFormer`.
+        dataset: items with ``"image"`` (3, H, W) 0-255, ``"mask"`` (1, H, W), ``"prompt"``, ``"id"``,
+            and optionally ``"spacing"``.
+        batch_size: images per forward pass.
+        seed: seed of the sampled attention.
+        samples: K, passes per image.
+        threshold: probability above which a pixel is in the mask.
+        existence_threshold: with an existence head, the probability of presence below which the mask is empty.
+        limit: evaluate the first ``limit`` items only.
+        lesion_iou, nsd_tolerance, poor_dice: as in :class:`SegmentationReport`.
+        progress: show a progress bar.
+
+    Returns:
+        The report dict of :meth:`SegmentationReport.compute`, plus ``"seed"``, ``"sampling_passes"`` (K),
+        ``"pass_seeds"``, ``"threshold"`` and ``"existence_threshold"`` (None without an existence head).
+
+    Raises:
+        ValueError: a bad argument, or an empty dataset.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1 (passes per image), got {samples!r}")
+    for name, value in (("threshold", threshold), ("existence_threshold", existence_threshold)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    report = SegmentationReport(lesion_iou=lesion_iou, nsd_tolerance=nsd_tolerance, poor_dice=poor_dice)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n <= 0:
+        raise ValueError("the dataset to evaluate is empty")
+    image_size = model.config.image_size
+    generators = [torch.Generator(device=model.device).manual_seed(seed + k) for k in range(samples)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="evaluate" if samples == 1 else f"evaluate ({samples} passes)", unit="img")
+    model.eval()
+    gated = False
+    presence: list[tuple[float, bool]] = []  # (mean existence probability, the target is there) per sample
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        probs, existence = predict_passes(
+            model, [s["image"] for s in items], [s["prompt"] for s in items], image_size=image_size, generators=generators
+        )
+        gated = existence is not None
+        for i, (s, p) in enumerate(zip(items, probs)):  # p: K x H x W
+            agreement = pairwise_agreement(p > threshold) if samples > 1 else None
+            mean = p.mean(0)  # H x W
+            pred = mean > threshold
+            if existence is not None:
+                presence.append((float(existence[i].mean()), bool((s["mask"] >= 0.5).any())))
+            if existence is not None and float(existence[i].mean()) < existence_threshold:
+                pred = torch.zeros_like(pred)  # the existence head says the target is absent
+            report.update(
+                pred[None, None],
+                (s["mask"] >= 0.5)[None],
+                ids=[s["id"]],
+                prompts=[s["prompt"]],
+                spacings=[s.get("spacing")],
+                agreements=[agreement],
+                mask_probabilities=[float(mean[pred].mean()) if pred.any() else None],
+            )
+        if bar is not None:
+            bar.update(len(items))
+    if bar is not None:
+        bar.close()
+    result = report.compute()
+    result["seed"] = seed
+    result["sampling_passes"] = samples
+    result["pass_seeds"] = [seed + k for k in range(samples)]
+    result["threshold"] = threshold
+    result["existence_threshold"] = existence_threshold if gated else None  # None: the model has no existence head
+    result["existence"] = existence_summary(presence, existence_threshold) if gated else None
+    with_target = [x["dice"] for x in result["samples"] if not x["target_empty"]]
+    result["dice_with_target"] = _mean(with_target)  # Dice on the images that hold their target
+    return result
