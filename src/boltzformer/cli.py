@@ -15,6 +15,8 @@ from typing import Any, Sequence
 __all__ = ["main"]
 
 DEMO_STEPS = 1000
+# config.FREEZABLE_PARTS, written out so that building the parser does not import torch (tested equal)
+_FREEZABLE = ["backbone", "pixel_decoder", "text_encoder"]
 
 
 def _parse_value(text: str) -> Any:
@@ -57,6 +59,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negatives", type=float, default=None, metavar="RATIO",
                    help="negative prompts (targets absent from the image, empty masks) per training sample "
                         "(default: 0.25 with --existence, else 0)")
+    p.add_argument("--freeze", action="append", default=[], choices=_FREEZABLE,
+                   help="leave this part untrained (repeat for several): less memory and time per step, "
+                        "e.g. a pretrained backbone")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting, e.g. --set num_layers=9")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -168,7 +173,7 @@ def _train_configs(args: argparse.Namespace):
         overrides["attention"] = args.attention
     model_cfg = get_preset(args.preset, **overrides)
     tc = TrainConfig(seed=args.seed, devices=args.devices, accelerator=args.accelerator, precision=args.precision,
-                     num_workers=args.num_workers)
+                     num_workers=args.num_workers, freeze=tuple(dict.fromkeys(args.freeze)))
     if args.max_steps is not None:
         if args.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
@@ -429,6 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "convert": cmd_convert, "explain": cmd_explain, "demo": cmd_demo,
                 "import": cmd_import, "app": cmd_app}
+    if args.command != "import":
+        from boltzformer.runtime import keep_freed_memory
+
+        keep_freed_memory()  # large tensors reuse freed memory instead of fresh zeroed pages (runtime.py)
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as exc:

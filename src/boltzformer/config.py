@@ -27,6 +27,7 @@ __all__ = [
     "DecoderConfig",
     "ModelConfig",
     "TrainConfig",
+    "FREEZABLE_PARTS",
     "PRESETS",
     "get_preset",
     "apply_overrides",
@@ -98,6 +99,9 @@ class ModelConfig:
     pigma: bool = True  # PiGMA upsampler (else: mean of the query masks at stride 4)
     pigma_channels: int = 10
     gradient_checkpointing: bool = False  # recompute the backbone and each decoder layer in backward (less memory)
+    # on CPU, run the image encoder in channels-last memory (oneDNN's faster convolutions, and the
+    # decoder's token-major maps without a transpose); same results up to float rounding
+    channels_last: bool = False
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD
 
@@ -131,6 +135,10 @@ class ModelConfig:
         return self
 
 
+#: the model parts that ``TrainConfig.freeze`` (``train --freeze``) can leave untrained
+FREEZABLE_PARTS = ("backbone", "pixel_decoder", "text_encoder")
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = 1000
@@ -150,6 +158,13 @@ class TrainConfig:
     seed: int = 0
     negative_ratio: float = 0.0  # negative prompts (absent targets, empty masks) per training sample
     existence_weight: float = 1.0  # weight of the existence head's BCE loss
+    # parts not trained (no gradients, no optimiser state, kept in eval mode): any of FREEZABLE_PARTS
+    freeze: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.freeze if p not in FREEZABLE_PARTS]
+        if bad:
+            raise ValueError(f"freeze: unknown part(s) {bad}; expected some of {list(FREEZABLE_PARTS)}")
 
 
 def _tiny() -> ModelConfig:
@@ -166,6 +181,7 @@ def _paper_size(preset: str, backbone: BackboneConfig) -> ModelConfig:
         pixel_decoder=PixelDecoderConfig(conv_dim=512, mask_dim=512, encoder_layers=6, encoder_heads=8, encoder_ffn_dim=2048),
         text=TextConfig(vocab_size=49408, context_length=77, width=512, layers=12, heads=8, activation="quick_gelu", ln_eps=1e-12),
         decoder=DecoderConfig(hidden_dim=512, num_heads=8, ffn_dim=2048, num_layers=9, num_queries=101),
+        channels_last=True,  # 1.15-1.2x faster eval at 1024 on CPU (docs/benchmarks.md)
     )
 
 

@@ -182,3 +182,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert len(grads[0]) == len(grads[1]) > 0
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_channels_last_encoder_gives_the_same_output_and_token_major_maps():
+    assert boltzformer.get_preset("hiera-s").channels_last and not boltzformer.get_preset("tiny").channels_last
+    torch.manual_seed(0)
+    plain = boltzformer.build_model("tiny", attention="full", **SMALL).eval()
+    cl = boltzformer.build_model("tiny", attention="full", channels_last=True, **SMALL).eval()
+    cl.load_state_dict(plain.state_dict())
+    x = _images(2)
+    with torch.no_grad():
+        feats = cl.encode_image(x)
+        a = cl(x, ["nodule", "cyst"]).logits
+        b = plain(x, ["nodule", "cyst"]).logits
+    # the pixel decoder's maps come out channels-last: the decoder reads them as (B, HW, C) without a copy
+    assert feats.mask_features.is_contiguous(memory_format=torch.channels_last)
+    assert all(m.is_contiguous(memory_format=torch.channels_last) for m in feats.multi_scale)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -72,3 +72,54 @@ def test_bf16_precision_trains(tmp_path):
     ckpt = torch.load(tmp_path / "bf16" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 1
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_frozen_parts_keep_their_weights_and_the_rest_trains(tmp_path):
+    from boltzformer.cli import main
+
+    out = tmp_path / "frozen"
+    argv = ["train", "--data", "synthetic", "--out", str(out), "--max-steps", "2", "--batch-size", "2",
+            "--val-every", "2", "--val-batches", "1", "--image-size", "64", "--set", "num_layers=3", "--quiet",
+            "--freeze", "backbone", "--freeze", "text_encoder", "--seed", "3"]
+    assert main(argv) == 0
+    ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["train_config"]["freeze"] in (["backbone", "text_encoder"], ("backbone", "text_encoder"))
+    # the same seed builds the same initial weights: frozen parts are unchanged, the others moved
+    from boltzformer.config import TrainConfig
+    from boltzformer.train.module import BoltzFormerModule
+
+    import lightning as L
+
+    L.seed_everything(3, verbose=False)
+    init = BoltzFormerModule(ckpt["hyper_parameters"]["model_config"], ckpt["hyper_parameters"]["train_config"])
+    start = {f"model.{k}": v for k, v in init.model.state_dict().items()}
+    trained = ckpt["state_dict"]
+    for part, frozen in (("backbone", True), ("text_encoder", True), ("pixel_decoder", False), ("decoder", False)):
+        keys = [k for k in trained if k.startswith(f"model.{part}.") and trained[k].is_floating_point()]
+        assert keys, part
+        same = all(torch.equal(trained[k], start[k]) for k in keys)
+        assert same == frozen, (part, frozen)
+    # the optimiser holds the trainable parameters only
+    n_trainable = sum(not n.startswith(("backbone.", "text_encoder.")) for n, _ in init.model.named_parameters())
+    assert sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"]) == n_trainable
+    with pytest.raises(ValueError, match="freeze: unknown part"):
+        TrainConfig(freeze=("decoder",))
+
+
+def test_frozen_parts_stay_in_eval_mode():
+    from boltzformer.config import TrainConfig, config_to_dict, get_preset
+    from boltzformer.train.module import BoltzFormerModule
+
+    module = BoltzFormerModule(config_to_dict(get_preset("tiny", image_size=64, num_layers=3)),
+                               config_to_dict(TrainConfig(freeze=("backbone",))))
+    module.train()
+    assert not module.model.backbone.training and module.model.decoder.training
+    assert not any(p.requires_grad for p in module.model.backbone.parameters())
+    assert all(p.requires_grad for p in module.model.decoder.parameters())
+
+
+def test_cli_freeze_choices_equal_the_config():
+    from boltzformer import cli
+    from boltzformer.config import FREEZABLE_PARTS
+
+    assert tuple(cli._FREEZABLE) == FREEZABLE_PARTS

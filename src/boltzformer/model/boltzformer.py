@@ -96,6 +96,7 @@ class BoltzFormer(nn.Module):
         self.pigma = pigma
         self.config = config
         self.gradient_checkpointing = False
+        self.channels_last = False  # ModelConfig.channels_last
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -114,6 +115,9 @@ class BoltzFormer(nn.Module):
         if not images.is_floating_point():
             images = images.float()
         image = (images - self.pixel_mean) / self.pixel_std
+        if self.channels_last and image.device.type == "cpu":
+            # the convolutions keep the input's memory format: every map from here on is channels-last
+            image = image.contiguous(memory_format=torch.channels_last)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not hasattr(
             self.backbone, "gradient_checkpointing"
         ):
@@ -278,6 +282,7 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         config=cfg,
     )
     model.gradient_checkpointing = cfg.gradient_checkpointing
+    model.channels_last = cfg.channels_last
     if hasattr(backbone, "gradient_checkpointing"):
         backbone.gradient_checkpointing = cfg.gradient_checkpointing
     return model

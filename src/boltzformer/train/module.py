@@ -46,6 +46,15 @@ class BoltzFormerModule(L.LightningModule):
         self.train_config: TrainConfig = config_from_dict(TrainConfig, train_config)
         self.model = build_model(self.model_config)
         self.loss = SegmentationLoss()
+        for part in self.train_config.freeze:
+            getattr(self.model, part).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "BoltzFormerModule":
+        """Frozen parts stay in eval mode (no dropout or drop-path) while the rest trains."""
+        super().train(mode)
+        for part in self.train_config.freeze:
+            getattr(self.model, part).eval()
+        return self
 
     @classmethod
     def create(cls, model_config: ModelConfig, train_config: TrainConfig) -> "BoltzFormerModule":
@@ -103,6 +112,8 @@ class BoltzFormerModule(L.LightningModule):
         tc = self.train_config
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
+            if not p.requires_grad:  # frozen (TrainConfig.freeze): no optimiser state
+                continue
             (no_decay if p.dim() < 2 or "embed" in name else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
