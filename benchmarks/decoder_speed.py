@@ -65,12 +65,15 @@ torch.manual_seed(0)
 
 _DECODER_CHILD = _SETUP + r"""
 model = boltzformer.build_model({preset!r}, decoder_impl={impl!r}, **{overrides!r})
-dec, pd = model.decoder, model.pixel_decoder
+dec, pd, channels_last = model.decoder, model.pixel_decoder, model.channels_last
 del model
 S, B, L = {size}, 1, 9
 g = torch.Generator().manual_seed(1)
 multi_scale = [torch.randn(B, pd.conv_dim, S // s, S // s, generator=g) for s in (32, 16, 8)]
 mask_features = torch.randn(B, pd.mask_dim, S // 4, S // 4, generator=g)
+if channels_last:  # in the memory format the preset's pixel decoder delivers (ModelConfig.channels_last)
+    multi_scale = [m.contiguous(memory_format=torch.channels_last) for m in multi_scale]
+    mask_features = mask_features.contiguous(memory_format=torch.channels_last)
 tokens = torch.randn(B, L, dec.hidden_dim, generator=g)
 text = TextFeatures(tokens=tokens, padding_mask=torch.zeros(B, L, dtype=torch.bool), pooled=tokens[:, -1])
 train = {train!r}

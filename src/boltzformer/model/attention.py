@@ -96,7 +96,8 @@ class MultiHeadAttention(nn.Module):
         return self._merge(out)
 
     def forward_sampled(
-        self, query: Tensor, key: Tensor, value: Tensor, *, indices: Tensor, valid: Tensor
+        self, query: Tensor, key: Tensor, value: Tensor, *, indices: Tensor, valid: Tensor,
+        value_shift: Tensor | None = None,
     ) -> Tensor:
         """Attention of each (batch, head, query) over the keys at ``indices`` only.
 
@@ -106,9 +107,13 @@ class MultiHeadAttention(nn.Module):
                 (repeats allowed; a transposed view of a (B, Q, heads, n) tensor, as the sampler
                 returns, costs no copy).
             valid: bool (B, heads, Q, n), False on repeats; each distinct token counts once.
+            value_shift: optional (C,) added to every value row before its projection, without
+                materialising ``value + value_shift`` (a decoder's level embedding): the attention
+                weights sum to 1, so it adds ``W_v value_shift`` to every output.
 
         Returns:
-            (B, Q, C), equal to :meth:`forward` with ``keep`` the set of valid indices.
+            (B, Q, C), equal to :meth:`forward` with ``keep`` the set of valid indices (and value
+            ``value + value_shift``).
 
         With the CPU kernels (``boltzformer/cpu_kernels.py``) and few enough draws, the key and value
         projections are folded away: ``q . (W_k x + b_k) = (W_k^T q) . x + q . b_k``, whose last
@@ -126,25 +131,31 @@ class MultiHeadAttention(nn.Module):
         n = idx.shape[-1]
         valid = valid.transpose(1, 2).reshape(B * Q * H, n)
         q = F.linear(query, w[:C], b[:C]).view(B, Q, H, d)
-        batch = torch.arange(B, device=idx.device).view(B, 1, 1, 1) * N
+        # the row of each draw in the (B*N) x C keys and values (no offset to add for one image)
+        flat = idx if B == 1 else idx + torch.arange(B, device=idx.device).view(B, 1, 1, 1) * N
         # folded: 2 Q H n C multiply-adds on raw rows; projected: 4 N C^2 of GEMMs (about 3x the
         # throughput per multiply-add on CPU) + 2 Q H n d
         if cpu_kernels.available(query) and 3 * Q * H * n < N * C:
             wk, wv = w[C : 2 * C].view(H, d, C), w[2 * C :].view(H, d, C)
             # B x Q x H x d . H x d x C -> (B*Q*H) x C: each row's query in the input space of the keys
             folded = torch.einsum("bqhd,hdc->bqhc", q, wk).reshape(B * Q * H, C)
-            rows = (idx + batch).reshape(B * Q * H, n)  # row of each drawn token in (B*N) x C
+            rows = flat.reshape(B * Q * H, n)
+            # the kernels read float32 (under bf16 autocast the maps may be bfloat16)
             mixed = sampled_attention_rows(
-                folded, key.reshape(B * N, C), value.reshape(B * N, C), rows=rows, valid=valid, scale=d**-0.5
+                folded.float(), key.reshape(B * N, C).float(), value.reshape(B * N, C).float(), rows=rows,
+                valid=valid, scale=d**-0.5,
             )
+            if value_shift is not None:
+                mixed = mixed + value_shift
             out = torch.einsum("bqhc,hdc->bqhd", mixed.view(B, Q, H, C), wv) + b[2 * C :].view(H, d)
             return self.out_proj(out.reshape(B, Q, C))
         # rows are (batch, query, head) for queries and (batch, token, head) for keys and values:
         # B x T x C -> (B*T*H) x d, a view, no transpose
         k = F.linear(key, w[C : 2 * C], b[C : 2 * C]).reshape(B * N * H, d)
-        v = F.linear(value, w[2 * C :], b[2 * C :]).reshape(B * N * H, d)
+        bv = b[2 * C :] if value_shift is None else b[2 * C :] + w[2 * C :] @ value_shift
+        v = F.linear(value, w[2 * C :], bv).reshape(B * N * H, d)
         head = torch.arange(H, device=idx.device).view(1, 1, H, 1)
-        rows = ((idx + batch) * H + head).reshape(B * Q * H, n)  # row of each drawn key in k and v
+        rows = (flat * H + head).reshape(B * Q * H, n)  # row of each drawn key in k and v
         out = sampled_attention_rows(q.reshape(B * Q * H, d), k, v, rows=rows, valid=valid)
         return self.out_proj(out.view(B, Q, C))  # (B*Q*H) x d -> B x Q x C
 
@@ -189,7 +200,8 @@ class _SampledAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor) -> Tensor:
         a, k, v = a.contiguous(), k.contiguous(), v.contiguous()
-        seg = cpu_kernels.segments(rows, k.shape[0], k.shape[1]) if cpu_kernels.available(a) else None
+        kernels = cpu_kernels.available(a) and a.dtype == k.dtype == v.dtype == torch.float32
+        seg = cpu_kernels.segments(rows, k.shape[0], k.shape[1]) if kernels else None
         scores = _sddmm(a, k, rows, valid, seg)  # R x n
         attn = torch.softmax(scores.masked_fill_(~valid, float("-inf")), dim=-1)
         ctx.save_for_backward(a, k, v, rows, valid, attn, seg)

@@ -82,9 +82,10 @@ def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     f = H // h
     o = f // 2 - 1
-    # four strided B x C x h x w views: no intermediate larger than the result
-    top = x[..., o::f, o::f] + x[..., o::f, o + 1 :: f]
-    return (top + (x[..., o + 1 :: f, o::f] + x[..., o + 1 :: f, o + 1 :: f])) * 0.25
+    # four strided B x C x h x w views summed into one new map (in place: add's backward does not
+    # need its output), so the only allocation is the result
+    out = x[..., o::f, o::f] + x[..., o::f, o + 1 :: f]
+    return out.add_(x[..., o + 1 :: f, o::f]).add_(x[..., o + 1 :: f, o + 1 :: f]).mul_(0.25)
 
 
 class BoltzmannDecoder(nn.Module):
@@ -186,11 +187,14 @@ class BoltzmannDecoder(nn.Module):
         for i, x in enumerate(multi_scale):
             h, w = x.shape[-2:]
             sizes.append((h, w))
-            # B x C x h x w -> B x hw x C
-            # B x C x h x w -> B x hw x C, contiguous: the three layers on this level project it
-            src.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).transpose(1, 2).contiguous())
-            # the keys' input, once per level instead of once per layer
-            src_pos.append(src[-1] + sine_position_encoding(h, w, C // 2, device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2))
+            # B x C x h x w -> B x hw x C: a view (no copy) of the channels-last maps of the paper-size
+            # presets (ModelConfig.channels_last), contiguous for the gathers. The values are these
+            # tokens + the level embedding, which the attention adds to its output (value_shift)
+            # instead of to every token
+            src.append(self.input_proj[i](x).flatten(2).transpose(1, 2).contiguous())
+            # the keys' input, tokens + position + level embedding, once per level (not once per layer)
+            pos = sine_position_encoding(h, w, C // 2, device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2)
+            src_pos.append(src[-1] + (pos + self.level_embed.weight[i]))
             # mask features at this level's resolution, for the sampling distributions
             level_features.append(resize_bilinear(mask_features, (h, w)))
 
@@ -240,7 +244,7 @@ class BoltzmannDecoder(nn.Module):
             def block(queries: Tensor, text_tokens: Tensor, cls_state: Tensor, layer=layer, level=level, keep=keep, indices=indices, valid=valid):
                 queries = self.transformer_cross_attention_layers[layer](
                     queries, src[level], pos=None, memory_pos=src_pos[level], query_pos=query_pos, keep=keep,
-                    indices=indices, valid=valid,
+                    indices=indices, valid=valid, value_shift=self.level_embed.weight[level],
                 )
                 queries, text_tokens = self_attend(self.transformer_self_attention_layers[layer], queries, text_tokens)
                 if self.existence is not None:
@@ -255,11 +259,13 @@ class BoltzmannDecoder(nn.Module):
             else:
                 queries, text_tokens, cls_state, embedding = block(queries, text_tokens, cls_state)
 
-        query_logits = torch.einsum("bqc,bchw->bqhw", embedding, mask_features)
-        # the query mean of e . F is (mean e) . F: one channel per earlier prediction
-        aux_logits = [
-            torch.einsum("bqc,bchw->bqhw", e.mean(1, keepdim=True), mask_features) for e in aux_embeddings
-        ]
+        # the query mean of e . F is (mean e) . F: one channel per earlier prediction. All in one
+        # product with the final queries' embeddings, so that backward is one GEMM into F's
+        # gradient, not one rank-1 outer product of F's size per earlier prediction
+        embeddings = torch.cat([embedding] + [e.mean(1, keepdim=True) for e in aux_embeddings], dim=1)
+        logits = torch.einsum("bqc,bchw->bqhw", embeddings, mask_features)
+        # split, not slices: backward then puts the parts' gradients together in one tensor
+        query_logits, *aux_logits = logits.split([Q] + [1] * len(aux_embeddings), dim=1)
         existence_logits = self.existence.logit(cls_state) if self.existence is not None else None
         return DecoderOutput(
             query_logits=query_logits, aux_logits=aux_logits, sampling=sampling, existence_logits=existence_logits

@@ -54,14 +54,20 @@ class CrossAttentionLayer(nn.Module):
         indices: Tensor | None = None,
         valid: Tensor | None = None,
         memory_pos: Tensor | None = None,
+        value_shift: Tensor | None = None,
     ) -> Tensor:
-        """``memory_pos``: ``memory + pos`` computed by the caller (a decoder reuses it over layers)."""
+        """``memory_pos``: the keys' input ``memory + pos`` computed by the caller (a decoder reuses it
+        over layers). ``value_shift``: (C,) the values are ``memory + value_shift`` (a level embedding
+        that the sampled form adds without a copy of ``memory``)."""
         q = _with_pos(x, query_pos)
         k = memory_pos if memory_pos is not None else _with_pos(memory, pos)
         if indices is not None:
-            out = self.multihead_attn.forward_sampled(q, k, memory, indices=indices, valid=valid)
+            out = self.multihead_attn.forward_sampled(
+                q, k, memory, indices=indices, valid=valid, value_shift=value_shift
+            )
         else:
-            out = self.multihead_attn(q, k, memory, keep=keep)
+            value = memory if value_shift is None else memory + value_shift
+            out = self.multihead_attn(q, k, value, keep=keep)
         return self.norm(x + out)
 
 
