@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK_BYTES", "available", "draw_sorted", "sddmm", "segments", "spmm", "spmm_t"]
+__all__ = ["BLOCK_BYTES", "available", "sddmm", "segments", "spmm", "spmm_t", "weighted_draws"]
 
 #: bytes of X per block: a block and the rows of A or of the output it meets stay in a 1.25 MB L2
 #: (512 KB measured 10-20 % faster than 256 KB at paper size, and 64-128 KB slower)
@@ -177,27 +177,51 @@ void spmm_t(const float* W, const float* A, const int64_t* rows, const int64_t* 
         }
 }
 
-/* For each row r of cdf (R, N) and each of its runs of n sorted values in u (R, kn): the first index
-   j with cdf[r, j] > u (searchsorted, right), found by galloping from the previous answer. */
-void draw_sorted(const double* cdf, const double* u, int64_t R, int64_t N, int64_t kn, int64_t n,
-                 int64_t* out, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < R; r++) {
-        const double* c = cdf + r * N;
-        for (int64_t i = 0; i < kn; i++) {
-            double x = u[r * kn + i];
-            int64_t lo, hi;
-            if (i % n == 0) { lo = -1; hi = 0; }  /* a new run: start from the first token */
-            else { lo = out[r * kn + i - 1] - 1; hi = lo + 1; }
-            /* invariant: lo == -1 or c[lo] <= x; find hi with hi == N or c[hi] > x */
-            int64_t step = 1;
-            while (hi < N && c[hi] <= x) { lo = hi; hi += step; step *= 2; }
-            if (hi > N) hi = N;
-            while (hi - lo > 1) {
-                int64_t mid = lo + (hi - lo) / 2;
-                if (c[mid] <= x) lo = mid; else hi = mid;
+/* Sorted draws in one pass per row (sampling._weighted_draws does the same with PyTorch): the row's
+   weights W (R, N) (a distribution up to its normalisation) summed into a float64 CDF; for each of
+   k sets, n sorted uniforms from the n + 1 standard exponentials U (R, k, n + 1) (normalised partial
+   sums), scaled to the CDF's total, each mapped to its token by a galloping search from the
+   previous one. idx (R, k, n); valid (R, k, n) false on repeats. work: threads x (N + n + 1). */
+void weighted_draws(const float* W, const double* U, int64_t R, int64_t N, int64_t k, int64_t n,
+                    int64_t* idx, uint8_t* valid, double* work, int threads) {
+    #pragma omp parallel num_threads(threads)
+    {
+        double* c = work + (int64_t)omp_get_thread_num() * (N + n + 1);
+        double* sums = c + N;
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < R; r++) {
+            const float* w = W + r * N;
+            double acc = 0.0;
+            for (int64_t j = 0; j < N; j++) { acc += (double)w[j]; c[j] = acc; }
+            if (!(acc > 0.0)) {  /* no candidate: draw uniformly */
+                for (int64_t j = 0; j < N; j++) c[j] = (double)(j + 1);
+                acc = (double)N;
             }
-            out[r * kn + i] = hi;
+            double total = acc, top = nextafter(total, 0.0);
+            for (int64_t set = 0; set < k; set++) {
+                const double* u = U + (r * k + set) * (n + 1);
+                double run = 0.0;
+                for (int64_t i = 0; i <= n; i++) { run += u[i]; sums[i] = run; }
+                double recip = 1.0 / run;
+                int64_t* out = idx + (r * k + set) * n;
+                uint8_t* ok = valid + (r * k + set) * n;
+                int64_t prev = -1;
+                for (int64_t i = 0; i < n; i++) {
+                    double x = sums[i] * recip * total;
+                    if (x > top) x = top;
+                    /* invariant: lo == -1 or c[lo] <= x; find hi with hi == N or c[hi] > x */
+                    int64_t lo = prev < 0 ? -1 : prev - 1, hi = lo + 1, step = 1;
+                    while (hi < N && c[hi] <= x) { lo = hi; hi += step; step *= 2; }
+                    if (hi > N) hi = N;
+                    while (hi - lo > 1) {
+                        int64_t mid = lo + (hi - lo) / 2;
+                        if (c[mid] <= x) lo = mid; else hi = mid;
+                    }
+                    out[i] = hi;
+                    ok[i] = hi != prev;
+                    prev = hi;
+                }
+            }
         }
     }
 }
@@ -247,7 +271,7 @@ def _build() -> ctypes.CDLL | None:
     dll.sddmm.argtypes = [p, p, p, p, p, i64, i64, i64, i64, p, i32]
     dll.spmm.argtypes = [p, p, p, p, i64, i64, i64, i64, p, i32]
     dll.spmm_t.argtypes = [p, p, p, p, i64, i64, i64, i64, p, i32]
-    dll.draw_sorted.argtypes = [p, p, i64, i64, i64, i64, p, i32]
+    dll.weighted_draws.argtypes = [p, p, i64, i64, i64, i64, p, p, p, i32]
     return dll
 
 
@@ -312,10 +336,16 @@ def spmm_t(W: Tensor, A: Tensor, rows: Tensor, seg: Tensor, num_rows: int) -> Te
     return out
 
 
-def draw_sorted(cdf: Tensor, u: Tensor, n: int) -> Tensor:
-    """``torch.searchsorted(cdf, u, right=True)`` for cdf (R, N) and u (R, k*n) float64 whose runs of n
-    values are sorted: a galloping search from the previous answer."""
-    R, N = cdf.shape
-    out = torch.empty(u.shape, dtype=torch.int64)
-    _lib().draw_sorted(_ptr(cdf), _ptr(u), R, N, u.shape[1], n, _ptr(out), _threads(u.numel() * 16))
-    return out
+def weighted_draws(weights: Tensor, exponentials: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted draws for weights (R, N) float32 (a distribution up to normalisation) and standard
+    exponentials (R, k, n + 1) float64: ``(indices, valid)``, int64 and bool (R, k, n). What
+    ``sampling._weighted_draws`` computes with PyTorch, in one pass per row, without its (R, N)
+    and (R, k, n) float64 intermediates."""
+    R, N = weights.shape
+    k, n = exponentials.shape[1], exponentials.shape[2] - 1
+    threads = _threads(R * (N + k * n) * 4)
+    idx = torch.empty(R, k, n, dtype=torch.int64)
+    valid = torch.empty(R, k, n, dtype=torch.bool)
+    work = torch.empty(max(threads, torch.get_num_threads()), N + n + 1, dtype=torch.float64)
+    _lib().weighted_draws(_ptr(weights), _ptr(exponentials), R, N, k, n, _ptr(idx), _ptr(valid), _ptr(work), threads)
+    return idx, valid

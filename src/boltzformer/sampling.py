@@ -118,33 +118,45 @@ def _sorted_uniforms(shape: tuple[int, ...], n: int, device, generator: torch.Ge
     return sums[..., :n].mul_(sums[..., n:].reciprocal())  # in place: a (*shape, n) view
 
 
-def _draw(probs: Tensor, n: int, generator: torch.Generator | None, *, sets: int | None = None) -> Tensor:
-    """``n`` i.i.d. draws per row of ``probs`` (..., N), sorted ascending -> int64 (..., n).
+def _weighted_draws(
+    weights: Tensor, n: int, generator: torch.Generator | None, *, sets: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``n`` i.i.d. draws per row of ``weights`` (..., N) (probabilities, or any non-negative
+    weights: they are normalised), sorted ascending -> ``(indices, valid)``, int64 and bool
+    (..., n), ``valid`` False on repeats.
 
     With ``sets``, ``sets`` independent sets of n draws per row, from the same distribution
-    -> (..., sets, n) (every attention head of a query draws its own set).
+    -> (..., sets, n) (every attention head of a query draws its own set). A row of zeros draws
+    uniformly (with a threshold, a row may have no candidate; its draws are then irrelevant).
 
     Inverse-CDF sampling: sorted uniforms (see :func:`_sorted_uniforms`) are mapped to the token
     whose interval of the float64 cumulative distribution holds them (``searchsorted``), which gives
     sorted indices directly. ``torch.multinomial`` followed by a sort gives the same distribution at
-    about three times the cost on CPU.
+    about three times the cost on CPU. The CPU kernel (``cpu_kernels.weighted_draws``) does the
+    same in one pass per row, from the same random numbers: the same draws (tested).
     """
-    *lead, N = probs.shape
-    rows = probs.reshape(-1, N).to(torch.float64, copy=True)  # modified in place below
-    # rows with no candidate draw uniformly (the draws are then irrelevant: every token of such a
-    # row is always attended)
-    rows.masked_fill_(rows.sum(-1, keepdim=True) <= 0, 1.0)
-    cdf = rows.cumsum_(-1)  # R x N, in place: no second R x N float64 buffer
-    total = cdf[:, -1:]
-    k = 1 if sets is None else sets
-    u = _sorted_uniforms((cdf.shape[0], k), n, probs.device, generator).mul_(total[:, :, None])  # R x k x n
-    # u < total in exact arithmetic; keep it so after rounding, so no zero-probability tail token is hit
-    u = u.clamp_(max=torch.nextafter(total, torch.zeros_like(total))[:, :, None]).reshape(-1, k * n).contiguous()
-    if cpu_kernels.available(cdf):  # the same answer, searching from the previous draw's token
-        idx = cpu_kernels.draw_sorted(cdf, u.contiguous(), n)
+    *lead, N = weights.shape
+    w = weights.reshape(-1, N).float().contiguous()
+    R, k = w.shape[0], 1 if sets is None else sets
+    # as in _sorted_uniforms: n + 1 standard exponentials per set, -log(1 - U)
+    spacings = torch.rand((R, k, n + 1), dtype=torch.float64, device=w.device, generator=generator)
+    spacings = spacings.neg_().log1p_().neg_()
+    if cpu_kernels.available(w):
+        idx, valid = cpu_kernels.weighted_draws(w, spacings)
     else:
-        idx = torch.searchsorted(cdf, u, right=True)
-    return idx.view(*lead, n) if sets is None else idx.view(*lead, sets, n)
+        cdf = w.to(torch.float64, copy=True)
+        cdf.masked_fill_(cdf.sum(-1, keepdim=True) <= 0, 1.0)
+        cdf = cdf.cumsum_(-1)  # R x N, in place: no second R x N float64 buffer
+        total = cdf[:, -1:]
+        sums = spacings.cumsum_(-1)
+        u = sums[..., :n].mul_(sums[..., n:].reciprocal()).mul_(total[:, :, None])  # R x k x n, sorted
+        # u < total in exact arithmetic; keep it so after rounding, so no zero-probability tail token is hit
+        u = u.clamp_(max=torch.nextafter(total, torch.zeros_like(total))[:, :, None]).reshape(R, k * n).contiguous()
+        idx = torch.searchsorted(cdf, u, right=True).view(R, k, n)
+        valid = torch.ones_like(idx, dtype=torch.bool)
+        valid[..., 1:] = idx[..., 1:] != idx[..., :-1]
+    shape = (*lead, n) if sets is None else (*lead, sets, n)
+    return idx.view(shape), valid.view(shape)
 
 
 def sample_token_indices(
@@ -179,11 +191,10 @@ def sample_token_indices(
         u = _sorted_uniforms((*logits.shape[:-1], k), n, logits.device, generator)
         idx = (u * N).long().clamp_(max=N - 1)  # floor(u N): sorted, uniform over the N tokens
         idx = idx.squeeze(-2) if sets is None else idx
-    else:
-        idx = _draw(boltzmann_distribution(logits.detach(), temperature), n, generator, sets=sets)
-    valid = torch.ones_like(idx, dtype=torch.bool)
-    valid[..., 1:] = idx[..., 1:] != idx[..., :-1]
-    return idx, valid
+        valid = torch.ones_like(idx, dtype=torch.bool)
+        valid[..., 1:] = idx[..., 1:] != idx[..., :-1]
+        return idx, valid
+    return _weighted_draws(boltzmann_distribution(logits.detach(), temperature), n, generator, sets=sets)
 
 
 def boltzmann_keep_mask(
@@ -219,7 +230,7 @@ def boltzmann_keep_mask(
     N = logits.shape[-1]
     n = num_draws(N, ratio)
     probs = boltzmann_distribution(logits.detach(), temperature, threshold=threshold)
-    idx = _draw(probs, n, generator)
+    idx, _ = _weighted_draws(probs, n, generator)
     keep = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
     keep.scatter_(-1, idx, True)
     if threshold is not None:

@@ -128,6 +128,17 @@ def test_kernels_equal_pytorch_ops():
     torch.testing.assert_close(cpu_kernels.spmm(w, x, rows, seg), (w[..., None] * gathered).sum(1), atol=1e-5, rtol=1e-5)
     scattered = torch.zeros(M, C).index_add_(0, rows.flatten(), (w[..., None] * a[:, None]).reshape(-1, C))
     torch.testing.assert_close(cpu_kernels.spmm_t(w, a, rows, seg, M), scattered, atol=1e-5, rtol=1e-5)
-    cdf = torch.rand(R, M, generator=g, dtype=torch.float64).cumsum(-1)
-    u = torch.sort(torch.rand(R, 3, n, generator=g, dtype=torch.float64) * cdf[:, -1:, None], -1).values.view(R, -1)
-    assert torch.equal(cpu_kernels.draw_sorted(cdf, u, n), torch.searchsorted(cdf, u, right=True))
+    # draws: the kernel and the PyTorch form give the same draws from the same random numbers,
+    # including for a row without candidates (all zero: uniform) and very peaked rows
+    from boltzformer.sampling import _weighted_draws
+
+    weights = torch.rand(R, M, generator=g) ** 8
+    weights[1] = 0.0
+    weights[2, :-1] = 1e-12
+    for sets in (None, 3):
+        kernel = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BOLTZFORMER_CPU_KERNELS", "0")
+            plain = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)
+        assert torch.equal(kernel[0], plain[0]) and torch.equal(kernel[1], plain[1])
+        assert int(kernel[0].max()) < M and bool((kernel[0].diff(dim=-1) >= 0).all())
