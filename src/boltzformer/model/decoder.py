@@ -82,10 +82,10 @@ def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     f = H // h
     o = f // 2 - 1
-    # four strided B x C x h x w views summed into one new map (in place: add's backward does not
-    # need its output), so the only allocation is the result
+    # four strided B x C x h x w views: ((a + b) + (c + d)) / 4, summed in place where add's backward
+    # allows it, so no intermediate outlives its line
     out = x[..., o::f, o::f] + x[..., o::f, o + 1 :: f]
-    return out.add_(x[..., o + 1 :: f, o::f]).add_(x[..., o + 1 :: f, o + 1 :: f]).mul_(0.25)
+    return out.add_(x[..., o + 1 :: f, o::f] + x[..., o + 1 :: f, o + 1 :: f]).mul_(0.25)
 
 
 class BoltzmannDecoder(nn.Module):
