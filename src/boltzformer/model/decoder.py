@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from boltzformer.model.existence import ExistenceHead
 from boltzformer.model.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
-from boltzformer.model.position import sine_position_encoding
+from boltzformer.model.position import sine_position_parts
 from boltzformer.model.text import TextFeatures
 from boltzformer.sampling import AttentionSelection, BoltzmannSampler
 
@@ -192,9 +192,14 @@ class BoltzmannDecoder(nn.Module):
             # tokens + the level embedding, which the attention adds to its output (value_shift)
             # instead of to every token
             src.append(self.input_proj[i](x).flatten(2).transpose(1, 2).contiguous())
-            # the keys' input, tokens + position + level embedding, once per level (not once per layer)
-            pos = sine_position_encoding(h, w, C // 2, device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2)
-            src_pos.append(src[-1] + (pos + self.level_embed.weight[i]))
+            # the keys' input, tokens + level embedding + position, once per level (not once per
+            # layer); the position's y and x halves added as broadcasts, never built as a map
+            keys = src[-1] + self.level_embed.weight[i]
+            pos_y, pos_x = sine_position_parts(h, w, C // 2, device=x.device)
+            grid = keys.view(B, h, w, C)
+            grid[..., : C // 2] += pos_y[:, None].to(keys.dtype)
+            grid[..., C // 2 :] += pos_x[None].to(keys.dtype)
+            src_pos.append(keys)
             # mask features at this level's resolution, for the sampling distributions
             level_features.append(resize_bilinear(mask_features, (h, w)))
 
