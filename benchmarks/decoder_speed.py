@@ -289,6 +289,9 @@ def plot(result: dict, path: str) -> None:
     ax.set(xscale="log", yscale="log", xlabel="input size (px)", ylabel="decoder eval time (s)",
            title="decoder time vs input size")
     ax.set_xticks(result["args"]["sizes"], [str(s) for s in result["args"]["sizes"]])
+    from matplotlib.ticker import NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())  # no 3x10^2-style minor labels
     ax.legend(fontsize=7)
     ax = axes[1]
     sampled = [r for r in result["ratios"] if r["attention"] == "boltzmann"]
