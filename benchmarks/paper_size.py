@@ -100,8 +100,7 @@ def main() -> None:
     p.add_argument("--update", action="store_true", help="add the rows to an existing --json")
     args = p.parse_args()
     overrides = {k: json.loads(v) if v[:1] in "0123456789[{tf" else v for k, v in (s.split("=", 1) for s in args.set)}
-    settings = {"allocator": args.allocator, "freeze": "+".join(args.freeze) or "-",
-                "channels_last": args.channels_last, "overrides": overrides}
+    settings = {"allocator": args.allocator, "weights_channels_last": args.channels_last, "overrides": overrides}
     rows = []
     for preset in args.presets:
         for job in args.jobs:
@@ -109,9 +108,10 @@ def main() -> None:
             r = run(preset, train, size=args.size, threads=args.threads, repeat=args.repeat, overrides=overrides,
                     keep=args.allocator == "keep", freeze=tuple(args.freeze) if train else (),
                     channels_last=args.channels_last)
-            rows.append({"preset": preset, "job": "train step" if train else "eval", **settings, **r})
+            freeze = "+".join(args.freeze) if train and args.freeze else "-"
+            rows.append({"preset": preset, "job": "train step" if train else "eval", "freeze": freeze, **settings, **r})
             print(rows[-1], flush=True)
-    print(table(rows, ["preset", "job", "allocator", "freeze", "channels_last", "seconds", "peak_gb", "model_gb", "error"]))
+    print(table(rows, ["preset", "job", "freeze", "allocator", "weights_channels_last", "seconds", "peak_gb", "model_gb", "error"]))
     if args.json:
         old = []
         if args.update and Path(args.json).exists():
