@@ -3,10 +3,11 @@
 :func:`keep_freed_memory`: glibc's ``malloc`` hands every block over 32 MB straight to the kernel
 (``mmap``) and gives it back on ``free``. A 1024 x 1024 forward pass allocates and frees hundreds of
 such blocks (a stride-4 map with 512 channels is 128 MB), and each new one is zero-filled by the
-kernel page by page on first touch. Measured on 2 vCPUs (``docs/benchmarks.md``), that costs about
-13 % of a hiera-s eval and of a train step. Asking glibc to serve large blocks from its heap and to
-keep freed memory for reuse removes those page faults; the process then keeps its peak memory
-instead of returning it between calls.
+kernel page by page on first touch. Measured on 2 vCPUs (``docs/benchmarks.md``, interleaved
+runs), that costs 12-16 % of a hiera-s eval at 1024; for a train step two runs disagreed. Asking
+glibc to serve large blocks from its heap and to keep freed memory for reuse removes those page
+faults; the process then keeps its peak memory instead of returning it between calls (0.5 GB more
+peak for that eval).
 
 This is what jemalloc or tcmalloc do when preloaded; it needs no extra library, only ``mallopt``
 through ctypes. Nothing in the model calls it: the CLI and the benchmarks do, and a Python user may.

@@ -106,16 +106,28 @@ def inclusion_probability(probs: Tensor, n: int) -> Tensor:
     return 1.0 - (1.0 - probs).pow(n)
 
 
-def _sorted_uniforms(shape: tuple[int, ...], n: int, device, generator: torch.Generator | None) -> Tensor:
-    """``n`` i.i.d. U(0, 1) values per row of ``shape``, sorted ascending: float64 (*shape, n).
+def _exponentials(shape: tuple[int, ...], n: int, device, generator: torch.Generator | None) -> Tensor:
+    """``n + 1`` i.i.d. standard exponentials per row of ``shape``: float64 (*shape, n + 1)."""
+    # -log(1 - U) is a standard exponential (and finite: 1 - U is in (0, 1]); twice as fast as exponential_
+    u = torch.rand((*shape, n + 1), dtype=torch.float64, device=device, generator=generator)
+    return u.neg_().log1p_().neg_()
+
+
+def _order_statistics(exponentials: Tensor) -> Tensor:
+    """(..., n + 1) standard exponentials -> (..., n) sorted U(0, 1) values, ascending.
 
     The normalised partial sums of n + 1 standard exponentials are distributed exactly as the order
     statistics of n uniforms, so sorting is not needed (it costs more than the draws themselves).
+    Overwrites ``exponentials``.
     """
-    # -log(1 - U) is a standard exponential (and finite: 1 - U is in (0, 1]); twice as fast as exponential_
-    spacings = torch.rand((*shape, n + 1), dtype=torch.float64, device=device, generator=generator)
-    sums = spacings.neg_().log1p_().neg_().cumsum_(-1)
-    return sums[..., :n].mul_(sums[..., n:].reciprocal())  # in place: a (*shape, n) view
+    sums = exponentials.cumsum_(-1)
+    n = sums.shape[-1] - 1
+    return sums[..., :n].mul_(sums[..., n:].reciprocal())  # in place: a (..., n) view
+
+
+def _sorted_uniforms(shape: tuple[int, ...], n: int, device, generator: torch.Generator | None) -> Tensor:
+    """``n`` i.i.d. U(0, 1) values per row of ``shape``, sorted ascending: float64 (*shape, n)."""
+    return _order_statistics(_exponentials(shape, n, device, generator))
 
 
 def _weighted_draws(
@@ -138,9 +150,7 @@ def _weighted_draws(
     *lead, N = weights.shape
     w = weights.reshape(-1, N).float().contiguous()
     R, k = w.shape[0], 1 if sets is None else sets
-    # as in _sorted_uniforms: n + 1 standard exponentials per set, -log(1 - U)
-    spacings = torch.rand((R, k, n + 1), dtype=torch.float64, device=w.device, generator=generator)
-    spacings = spacings.neg_().log1p_().neg_()
+    spacings = _exponentials((R, k), n, w.device, generator)  # what _sorted_uniforms draws
     if cpu_kernels.available(w):
         idx, valid = cpu_kernels.weighted_draws(w, spacings)
     else:
@@ -148,8 +158,7 @@ def _weighted_draws(
         cdf.masked_fill_(cdf.sum(-1, keepdim=True) <= 0, 1.0)
         cdf = cdf.cumsum_(-1)  # R x N, in place: no second R x N float64 buffer
         total = cdf[:, -1:]
-        sums = spacings.cumsum_(-1)
-        u = sums[..., :n].mul_(sums[..., n:].reciprocal()).mul_(total[:, :, None])  # R x k x n, sorted
+        u = _order_statistics(spacings).mul_(total[:, :, None])  # R x k x n, sorted
         # u < total in exact arithmetic; keep it so after rounding, so no zero-probability tail token is hit
         u = u.clamp_(max=torch.nextafter(total, torch.zeros_like(total))[:, :, None]).reshape(R, k * n).contiguous()
         idx = torch.searchsorted(cdf, u, right=True).view(R, k, n)
