@@ -1,18 +1,23 @@
 """Cache-blocked CPU kernels for sampled attention and sorted draws, compiled on first use.
 
 Sampled attention touches, for every (query, head) row r, the rows ``rows[r, 0..n)`` of a feature
-matrix X (M, C): scores ``A[r] . X[rows[r, t]]`` (a sampled dense-dense product, "SDDMM"), weighted
-sums ``sum_t W[r, t] X[rows[r, t]]`` ("SpMM") and, in backward, the transposed scatter. PyTorch has
-these as ``torch.sparse.sampled_addmm`` and ``F.embedding_bag``, which walk the rows one by one and
-read X from memory at random; with 808 rows x 1,638 draws over 16,384 tokens that is memory-bound.
-The kernels here visit X in blocks of ``BLOCK`` tokens that stay in the L2 cache and, for each block,
-every row's draws that fall in it (each row's draws are sorted, so a row's draws in a block are a
-contiguous run: :func:`segments`). Same arithmetic, several times faster at paper size.
+matrix X (M, C): scores ``A[r] . X[rows[r, t]]`` (a sampled dense-dense product, "SDDMM"), their
+softmax over the row, weighted sums ``sum_t W[r, t] X[rows[r, t]]`` ("SpMM") and, in backward, the
+transposed scatter. PyTorch has these as ``torch.sparse.sampled_addmm`` and ``F.embedding_bag``,
+which walk the rows one by one and read X from memory at random; with 808 rows x 1,638 draws over
+16,384 tokens that is memory-bound.
 
-They are plain C (OpenMP), built with the system C compiler into the user cache directory the first
-time they are needed and loaded with ctypes; no build step at install time. Where no compiler is
-found, or with ``BOLTZFORMER_CPU_KERNELS=0``, :func:`available` is False and callers use the
-PyTorch operations above, which give the same results (tested).
+The kernels here first make a :class:`Plan`: every row's valid draws regrouped block by block,
+a block being ``BLOCK_BYTES`` of X's rows (small enough to stay in L2). Every kernel then walks the
+plan in order, so X is read one block at a time and the draws' indices, scores and weights
+sequentially. The scores, the softmax and the weighted sums all stay in plan order; nothing goes
+back to the row-major layout. One plan serves the forward and backward passes of one attention.
+
+They are plain C (OpenMP, AVX-512 intrinsics where the CPU has them), built with the system C
+compiler into the user cache directory the first time they are needed and loaded with ctypes; no
+build step at install time. Where no compiler is found, or with ``BOLTZFORMER_CPU_KERNELS=0``,
+:func:`available` is False and callers use the PyTorch operations above, which give the same
+results (tested).
 """
 
 from __future__ import annotations
@@ -25,14 +30,18 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK_BYTES", "available", "sddmm", "segments", "spmm", "spmm_t", "weighted_draws"]
+__all__ = [
+    "BLOCK_BYTES", "Plan", "available", "plan", "plan_sddmm", "plan_softmax", "plan_softmax_backward",
+    "plan_spmm", "plan_spmm_t", "weighted_draws",
+]
 
 #: bytes of X per block: a block and the rows of A or of the output it meets stay in a 1.25 MB L2
-#: (512 KB measured 10-20 % faster than 256 KB at paper size, and 64-128 KB slower)
+#: (512 KB-1 MB measured fastest at paper size; smaller blocks mean more, shorter runs per row)
 BLOCK_BYTES = 512 * 1024
 
 
@@ -42,11 +51,19 @@ def _block(C: int) -> int:
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 /* weights this small add nothing to a float32 sum of weights <= 1, and multiplying by a denormal is
    ~100x slower: skip them (softmax weights underflow to denormals at cold temperatures) */
 #define NEGLIGIBLE 1e-30f
+/* draws handled together: a row's draws in a block are multiplied this many at a time */
+#define GROUP 16
+
+/* ---- plain C forms of the group operations (any C; any CPU) ---- */
 
 static inline void axpy(float w, const float* x, float* y, int64_t C) {
     for (int64_t c = 0; c < C; c++) y[c] += w * x[c];
@@ -89,92 +106,418 @@ static inline void axpy4(const float* w, const float* x0, const float* x1, const
     for (int64_t c = 0; c < C; c++) y[c] += (w0 * x0[c] + w1 * x1[c]) + (w2 * x2[c] + w3 * x3[c]);
 }
 
-/* seg[r, b] = first t with rows[r, t] >= b * bs (rows sorted within each row), b = 0..nb */
-void segments(const int64_t* rows, int64_t R, int64_t n, int64_t bs, int64_t nb, int64_t* seg, int threads) {
+#ifdef __AVX512F__
+/* ---- AVX-512 forms, for C a multiple of 16. Written with intrinsics because from the plain loops
+   the compiler makes a scalar horizontal sum per draw (it may not reorder float additions), which
+   cost more than the multiply-adds themselves. ---- */
+
+/* lane j: the sum of the 16 lanes of x[(j % 4) * 4 + j / 4] (callers store draw j's partial sums
+   there). Four rounds of shuffles and adds turn 16 vectors into one: 30 shuffles and 15 adds for
+   16 dot products, against 16 x 15 dependent scalar adds. */
+static inline __m512 reduce16(const __m512* x) {
+    __m512 y[8], z[4], w[2];
+    for (int i = 0; i < 8; i++)
+        y[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)
+        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        w[i] = _mm512_add_ps(_mm512_shuffle_ps(z[2 * i], z[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(z[2 * i], z[2 * i + 1], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+
+/* lane-wise partial sums of a . x over C */
+static inline __m512 dot_lanes(const float* a, const float* x, int64_t C) {
+    __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(x)), s1 = _mm512_setzero_ps();
+    int64_t c = 16;
+    for (; c + 32 <= C; c += 32) {
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c), _mm512_loadu_ps(x + c), s1);
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c + 16), _mm512_loadu_ps(x + c + 16), s0);
+    }
+    if (c < C) s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c), _mm512_loadu_ps(x + c), s1);
+    return _mm512_add_ps(s0, s1);
+}
+
+/* y[c0, c0 + 64) += sum_j w[j] x[j][c0, c0 + 64); two accumulator sets so that consecutive draws
+   do not wait on each other's multiply-add */
+static inline void axpy_tile64(const float* w, const float** x, int m, int64_t c0, float* y) {
+    __m512 a0 = _mm512_loadu_ps(y + c0), a1 = _mm512_loadu_ps(y + c0 + 16);
+    __m512 a2 = _mm512_loadu_ps(y + c0 + 32), a3 = _mm512_loadu_ps(y + c0 + 48);
+    __m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
+    int j = 0;
+    for (; j + 2 <= m; j += 2) {
+        __m512 u = _mm512_set1_ps(w[j]), v = _mm512_set1_ps(w[j + 1]);
+        const float *p = x[j] + c0, *q = x[j + 1] + c0;
+        a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); b0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q), b0);
+        a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1); b1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 16), b1);
+        a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); b2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 32), b2);
+        a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3); b3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 48), b3);
+    }
+    if (j < m) {
+        __m512 u = _mm512_set1_ps(w[j]);
+        const float* p = x[j] + c0;
+        a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1);
+        a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3);
+    }
+    _mm512_storeu_ps(y + c0, _mm512_add_ps(a0, b0)); _mm512_storeu_ps(y + c0 + 16, _mm512_add_ps(a1, b1));
+    _mm512_storeu_ps(y + c0 + 32, _mm512_add_ps(a2, b2)); _mm512_storeu_ps(y + c0 + 48, _mm512_add_ps(a3, b3));
+}
+
+static inline void axpy_tile16(const float* w, const float** x, int m, int64_t c0, float* y) {
+    __m512 a = _mm512_loadu_ps(y + c0), b = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 2 <= m; j += 2) {
+        a = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(x[j] + c0), a);
+        b = _mm512_fmadd_ps(_mm512_set1_ps(w[j + 1]), _mm512_loadu_ps(x[j + 1] + c0), b);
+    }
+    if (j < m) a = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(x[j] + c0), a);
+    _mm512_storeu_ps(y + c0, _mm512_add_ps(a, b));
+}
+
+
+/* exp(x) for x <= 0 (softmax arguments), to about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, Cephes'
+   polynomial for exp(r), then a scaling by 2^n that goes to 0 smoothly far below the float range */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-1000.f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* d[j] = a . x[j] for the m (<= GROUP) rows x[j] */
+static inline void dot_group(const float* a, const float** x, int m, int64_t C, float* d) {
+#ifdef __AVX512F__
+    if (C % 16 == 0) {
+        __m512 part[GROUP];
+        for (int j = 0; j < GROUP; j++) part[(j & 3) * 4 + (j >> 2)] = dot_lanes(a, x[j < m ? j : m - 1], C);
+        __m512 s = reduce16(part);
+        _mm512_mask_storeu_ps(d, (__mmask16)((1u << m) - 1), s);
+        return;
+    }
+#endif
+    int j = 0;
+    for (; j + 4 <= m; j += 4) dot4(a, x[j], x[j + 1], x[j + 2], x[j + 3], C, d + j);
+    for (; j < m; j++) d[j] = dot1(a, x[j], C);
+}
+
+/* y += sum_j w[j] x[j] over the m rows x[j] */
+static inline void axpy_group(const float* w, const float** x, int m, int64_t C, float* y) {
+#ifdef __AVX512F__
+    if (C % 16 == 0) {
+        int64_t c0 = 0;
+        for (; c0 + 64 <= C; c0 += 64) axpy_tile64(w, x, m, c0, y);
+        for (; c0 < C; c0 += 16) axpy_tile16(w, x, m, c0, y);
+        return;
+    }
+#endif
+    int j = 0;
+    for (; j + 4 <= m; j += 4) axpy4(w + j, x[j], x[j + 1], x[j + 2], x[j + 3], y, C);
+    for (; j < m; j++) axpy(w[j], x[j], y, C);
+}
+
+/* ---- plans ----
+   X (M, C) is read in blocks of bs rows, small enough to stay in L2. A plan lists every row's valid
+   draws block by block: for block b and row r, the draws of row r that fall in block b are
+   k in [off[b R + r], off[b R + r + 1]), and idx[k] is the row of X each reads. Every kernel below
+   then walks the plan in order: the draws' metadata, scores and weights are read and written
+   sequentially, and X one block at a time. (Walking row-major draws block by block instead starts
+   a new stretch of memory for every (row, block), a cache miss each: that cost more than the
+   arithmetic.) Threads split the blocks, so each reads only its share of X from memory, or the
+   rows when there are fewer blocks than threads. */
+
+typedef struct { int64_t b0, b1, r0, r1; } Share;
+
+static inline Share share(int64_t nb, int64_t R, int tid, int nt) {
+    Share s;
+    if (nb >= nt) { s.b0 = nb * tid / nt; s.b1 = nb * (tid + 1) / nt; s.r0 = 0; s.r1 = R; }
+    else { s.b0 = 0; s.b1 = nb; s.r0 = R * tid / nt; s.r1 = R * (tid + 1) / nt; }
+    return s;
+}
+
+/* cnt[b R + r] = row r's valid draws in block b (cnt zeroed by the caller); rows (R, n) ascending
+   in each row */
+void plan_count(const int64_t* rows, const uint8_t* valid, int64_t R, int64_t n, int64_t bs, int64_t* cnt,
+                int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < R; r++) {
-        const int64_t* row = rows + r * n;
-        int64_t* s = seg + r * (nb + 1);
-        int64_t t = 0;
-        for (int64_t b = 0; b <= nb; b++) {
-            int64_t lo = b * bs;
-            while (t < n && row[t] < lo) t++;
-            s[b] = t;
+        int64_t hi = -1, c = 0, b = 0;
+        for (int64_t t = r * n; t < (r + 1) * n; t++) {
+            if (!valid[t]) continue;
+            if (rows[t] >= hi) {  /* a new block: one division per block, not per draw */
+                if (c) cnt[b * R + r] = c;
+                b = rows[t] / bs; hi = (b + 1) * bs; c = 0;
+            }
+            c++;
+        }
+        if (c) cnt[b * R + r] = c;
+    }
+}
+
+/* idx[k] in plan order, from the offsets off (the counts' exclusive prefix sums) */
+void plan_fill(const int64_t* rows, const uint8_t* valid, int64_t R, int64_t n, int64_t bs, const int64_t* off,
+               int32_t* idx, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        int64_t hi = -1, p = 0;
+        for (int64_t t = r * n; t < (r + 1) * n; t++) {
+            if (!valid[t]) continue;
+            if (rows[t] >= hi) { int64_t b = rows[t] / bs; hi = (b + 1) * bs; p = off[b * R + r]; }
+            idx[p++] = (int32_t)rows[t];
         }
     }
 }
 
-/* out[r, t] = A[r] . X[rows[r, t]] where valid, else 0; threads split the rows, blocks outermost.
-   A row's valid draws in a block go four at a time (dot4); repeats are skipped */
-void sddmm(const float* A, const float* X, const int64_t* rows, const uint8_t* valid, const int64_t* seg,
-           int64_t R, int64_t n, int64_t C, int64_t nb, float* out, int threads) {
+/* S[k] = A[r] . X[idx[k]] */
+void plan_sddmm(const float* A, const float* X, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb,
+                int64_t C, float* S, int threads) {
     #pragma omp parallel num_threads(threads)
     {
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        int64_t r0 = R * tid / nt, r1 = R * (tid + 1) / nt;
-        for (int64_t b = 0; b < nb; b++)
-            for (int64_t r = r0; r < r1; r++) {
-                const int64_t* s = seg + r * (nb + 1);
+        Share sh = share(nb, R, omp_get_thread_num(), omp_get_num_threads());
+        const float* x[GROUP];
+        for (int64_t b = sh.b0; b < sh.b1; b++)
+            for (int64_t r = sh.r0; r < sh.r1; r++) {
                 const float* a = A + r * C;
-                int64_t pick[4]; int k = 0;
-                for (int64_t t = s[b]; t < s[b + 1]; t++) {
-                    int64_t i = r * n + t;
-                    if (!valid[i]) { out[i] = 0.f; continue; }
-                    pick[k++] = i;
-                    if (k == 4) {
-                        float d[4];
-                        dot4(a, X + rows[pick[0]] * C, X + rows[pick[1]] * C, X + rows[pick[2]] * C,
-                             X + rows[pick[3]] * C, C, d);
-                        for (int j = 0; j < 4; j++) out[pick[j]] = d[j];
-                        k = 0;
+                int64_t k0 = off[b * R + r], k1 = off[b * R + r + 1];
+#if defined(__AVX512F__)
+                if (C == 64) {  /* 64-channel heads, the common case: the row of A stays in registers */
+                    const __m512 a0 = _mm512_loadu_ps(a), a1 = _mm512_loadu_ps(a + 16);
+                    const __m512 a2 = _mm512_loadu_ps(a + 32), a3 = _mm512_loadu_ps(a + 48);
+                    for (int64_t k = k0; k < k1; k += GROUP) {
+                        int m = k1 - k < GROUP ? (int)(k1 - k) : GROUP;
+                        __m512 part[GROUP];
+                        #pragma GCC unroll 16
+                        for (int j = 0; j < GROUP; j++) {
+                            const float* p = X + (int64_t)idx[k + (j < m ? j : m - 1)] * 64;
+                            __m512 s = _mm512_mul_ps(a0, _mm512_loadu_ps(p));
+                            s = _mm512_fmadd_ps(a1, _mm512_loadu_ps(p + 16), s);
+                            s = _mm512_fmadd_ps(a2, _mm512_loadu_ps(p + 32), s);
+                            part[(j & 3) * 4 + (j >> 2)] = _mm512_fmadd_ps(a3, _mm512_loadu_ps(p + 48), s);
+                        }
+                        _mm512_mask_storeu_ps(S + k, (__mmask16)((1u << m) - 1), reduce16(part));
                     }
+                    continue;
                 }
-                for (int j = 0; j < k; j++) out[pick[j]] = dot1(a, X + rows[pick[j]] * C, C);
+#endif
+                for (int64_t k = k0; k < k1; k += GROUP) {
+                    int m = k1 - k < GROUP ? (int)(k1 - k) : GROUP;
+                    for (int j = 0; j < m; j++) x[j] = X + (int64_t)idx[k + j] * C;
+                    dot_group(a, x, m, C, S + k);
+                }
             }
     }
 }
 
-/* out[r] = sum_t W[r, t] X[rows[r, t]] (out zeroed by the caller), four draws at a time */
-void spmm(const float* W, const float* X, const int64_t* rows, const int64_t* seg,
-          int64_t R, int64_t n, int64_t C, int64_t nb, float* out, int threads) {
+/* out[r] = sum_k W[k] X[idx[k]] over row r's draws (out zeroed by the caller). When threads split
+   the blocks, each adds into its own copy of out, summed at the end. Negligible weights count as 0. */
+void plan_spmm(const float* W, const float* X, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb,
+               int64_t C, float* out, int threads) {
+    float* copies = NULL;
+    int split = nb >= threads && threads > 1;
+    if (split && !(copies = (float*)calloc((size_t)(threads - 1) * R * C, sizeof(float)))) threads = 1, split = 0;
     #pragma omp parallel num_threads(threads)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        int64_t r0 = R * tid / nt, r1 = R * (tid + 1) / nt;
-        for (int64_t b = 0; b < nb; b++)
-            for (int64_t r = r0; r < r1; r++) {
-                const int64_t* s = seg + r * (nb + 1);
-                float* y = out + r * C;
-                int64_t pick[4]; int k = 0;
-                for (int64_t t = s[b]; t < s[b + 1]; t++) {
-                    int64_t i = r * n + t;
-                    if (!(fabsf(W[i]) > NEGLIGIBLE)) continue;
-                    pick[k++] = i;
-                    if (k == 4) {
-                        float w[4] = {W[pick[0]], W[pick[1]], W[pick[2]], W[pick[3]]};
-                        axpy4(w, X + rows[pick[0]] * C, X + rows[pick[1]] * C, X + rows[pick[2]] * C,
-                              X + rows[pick[3]] * C, y, C);
-                        k = 0;
+        Share sh = share(nb, R, tid, nt);
+        float* dst = split && tid ? copies + (size_t)(tid - 1) * R * C : out;
+        const float* x[GROUP]; float w[GROUP];
+        for (int64_t b = sh.b0; b < sh.b1; b++)
+            for (int64_t r = sh.r0; r < sh.r1; r++) {
+                float* y = dst + r * C;
+                int64_t k0 = off[b * R + r], k1 = off[b * R + r + 1];
+                if (k0 == k1) continue;
+#if defined(__AVX512F__)
+                if (C == 64) {  /* the output row stays in registers; two accumulator sets */
+                    __m512 a0 = _mm512_loadu_ps(y), a1 = _mm512_loadu_ps(y + 16);
+                    __m512 a2 = _mm512_loadu_ps(y + 32), a3 = _mm512_loadu_ps(y + 48);
+                    __m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
+                    int64_t k = k0;
+                    for (; k + 2 <= k1; k += 2) {
+                        float wu = W[k], wv = W[k + 1];
+                        __m512 u = _mm512_set1_ps(fabsf(wu) > NEGLIGIBLE ? wu : 0.f);
+                        __m512 v = _mm512_set1_ps(fabsf(wv) > NEGLIGIBLE ? wv : 0.f);
+                        const float *p = X + (int64_t)idx[k] * 64, *q = X + (int64_t)idx[k + 1] * 64;
+                        a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); b0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q), b0);
+                        a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1); b1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 16), b1);
+                        a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); b2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 32), b2);
+                        a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3); b3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 48), b3);
                     }
+                    if (k < k1) {
+                        __m512 u = _mm512_set1_ps(fabsf(W[k]) > NEGLIGIBLE ? W[k] : 0.f);
+                        const float* p = X + (int64_t)idx[k] * 64;
+                        a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1);
+                        a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3);
+                    }
+                    _mm512_storeu_ps(y, _mm512_add_ps(a0, b0)); _mm512_storeu_ps(y + 16, _mm512_add_ps(a1, b1));
+                    _mm512_storeu_ps(y + 32, _mm512_add_ps(a2, b2)); _mm512_storeu_ps(y + 48, _mm512_add_ps(a3, b3));
+                    continue;
                 }
-                for (int j = 0; j < k; j++) axpy(W[pick[j]], X + rows[pick[j]] * C, y, C);
+#endif
+                int m = 0;
+                for (int64_t k = k0; k < k1; k++) {
+                    if (!(fabsf(W[k]) > NEGLIGIBLE)) continue;
+                    x[m] = X + (int64_t)idx[k] * C; w[m++] = W[k];
+                    if (m == GROUP) { axpy_group(w, x, m, C, y); m = 0; }
+                }
+                if (m) axpy_group(w, x, m, C, y);
+            }
+        if (split) {
+            #pragma omp barrier
+            #pragma omp for schedule(static)
+            for (int64_t e = 0; e < R * C; e++) {
+                float s = out[e];
+                for (int c = 0; c < nt - 1; c++) s += copies[(size_t)c * R * C + e];
+                out[e] = s;
+            }
+        }
+    }
+    free(copies);
+}
+
+/* out[idx[k]] += W[k] A[r] (out (M, C) zeroed by the caller); threads split the blocks, so no two
+   write the same row of out */
+void plan_spmm_t(const float* W, const float* A, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb,
+                 int64_t C, float* out, int threads) {
+    #pragma omp parallel num_threads(threads)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        for (int64_t b = nb * tid / nt; b < nb * (tid + 1) / nt; b++)
+            for (int64_t r = 0; r < R; r++) {
+                const float* a = A + r * C;
+                for (int64_t k = off[b * R + r]; k < off[b * R + r + 1]; k++)
+                    if (fabsf(W[k]) > NEGLIGIBLE) axpy(W[k], a, out + (int64_t)idx[k] * C, C);
             }
     }
 }
 
-/* out[rows[r, t]] += W[r, t] A[r] (out zeroed by the caller); threads split the blocks, so no two
-   write the same row of out */
-void spmm_t(const float* W, const float* A, const int64_t* rows, const int64_t* seg,
-            int64_t R, int64_t n, int64_t C, int64_t nb, float* out, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t r = 0; r < R; r++) {
-            const int64_t* s = seg + r * (nb + 1);
-            for (int64_t t = s[b]; t < s[b + 1]; t++) {
-                int64_t i = r * n + t;
-                if (fabsf(W[i]) > NEGLIGIBLE) axpy(W[i], A + r * C, out + rows[i] * C, C);
+/* Softmax over each row's draws, in plan order: P[k] = exp(S[k] - max_r) / sum_r. With backward
+   (dP given), dS[k] = P[k] (dP[k] - sum_r P dP). Each thread reduces over its blocks into its own
+   per-row copy; the copies are combined between passes. */
+static void plan_row_reduce(float* part, int64_t R, int nt, int use_max, float* out) {
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        float v = part[r];
+        for (int c = 1; c < nt; c++) v = use_max ? fmaxf(v, part[(int64_t)c * R + r]) : v + part[(int64_t)c * R + r];
+        out[r] = v;
+    }
+}
+
+void plan_softmax(const float* S, const int64_t* off, int64_t R, int64_t nb, float* P, int threads) {
+    float* part = (float*)malloc(sizeof(float) * (size_t)R * (threads + 1));
+    if (!part) threads = 0;  /* unreachable in practice: R floats per thread */
+    float* row = part + (size_t)R * threads;
+    #pragma omp parallel num_threads(threads)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        Share sh = share(nb, R, tid, nt);
+        float* mine = part + (size_t)tid * R;
+        for (int64_t r = 0; r < R; r++) mine[r] = -INFINITY;
+        for (int64_t b = sh.b0; b < sh.b1; b++)
+            for (int64_t r = sh.r0; r < sh.r1; r++) {
+                int64_t k = off[b * R + r], k1 = off[b * R + r + 1];
+                float mx = mine[r];
+#ifdef __AVX512F__
+                __m512 vm = _mm512_set1_ps(-INFINITY);
+                for (; k + 16 <= k1; k += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(S + k));
+                if (k < k1) {
+                    __mmask16 t = (__mmask16)((1u << (k1 - k)) - 1);
+                    vm = _mm512_mask_max_ps(vm, t, vm, _mm512_maskz_loadu_ps(t, S + k));
+                }
+                mx = fmaxf(mx, _mm512_reduce_max_ps(vm));
+#else
+                for (; k < k1; k++) mx = fmaxf(mx, S[k]);
+#endif
+                mine[r] = mx;
             }
-        }
+        #pragma omp barrier
+        plan_row_reduce(part, R, nt, 1, row);  /* row = max (implicit barrier) */
+        for (int64_t r = 0; r < R; r++) mine[r] = 0.f;
+        for (int64_t b = sh.b0; b < sh.b1; b++)
+            for (int64_t r = sh.r0; r < sh.r1; r++) {
+                int64_t k = off[b * R + r], k1 = off[b * R + r + 1];
+                float mx = row[r], sum = 0.f;
+#ifdef __AVX512F__
+                __m512 vs = _mm512_setzero_ps(), vm = _mm512_set1_ps(mx);
+                for (; k < k1; k += 16) {
+                    __mmask16 t = k1 - k < 16 ? (__mmask16)((1u << (k1 - k)) - 1) : (__mmask16)0xFFFF;
+                    __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(t, S + k), vm));
+                    e = _mm512_maskz_mov_ps(t, e);
+                    _mm512_mask_storeu_ps(P + k, t, e);
+                    vs = _mm512_add_ps(vs, e);
+                }
+                sum = _mm512_reduce_add_ps(vs);
+#else
+                for (; k < k1; k++) { float e = expf(S[k] - mx); P[k] = e; sum += e; }
+#endif
+                mine[r] += sum;
+            }
+        #pragma omp barrier
+        plan_row_reduce(part, R, nt, 0, row);  /* row = sum */
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < R; r++) row[r] = row[r] > 0.f ? 1.f / row[r] : 0.f;
+        for (int64_t b = sh.b0; b < sh.b1; b++)
+            for (int64_t r = sh.r0; r < sh.r1; r++) {
+                float inv = row[r];
+                int64_t k = off[b * R + r], k1 = off[b * R + r + 1];
+#ifdef __AVX512F__
+                __m512 vi = _mm512_set1_ps(inv);
+                for (; k + 16 <= k1; k += 16) _mm512_storeu_ps(P + k, _mm512_mul_ps(_mm512_loadu_ps(P + k), vi));
+#endif
+                for (; k < k1; k++) P[k] *= inv;
+            }
+    }
+    free(part);
+}
+
+void plan_softmax_backward(const float* P, const float* dP, const int64_t* off, int64_t R, int64_t nb, float* dS,
+                           int threads) {
+    float* part = (float*)malloc(sizeof(float) * (size_t)R * (threads + 1));
+    if (!part) threads = 0;
+    float* row = part + (size_t)R * threads;
+    #pragma omp parallel num_threads(threads)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        Share sh = share(nb, R, tid, nt);
+        float* mine = part + (size_t)tid * R;
+        for (int64_t r = 0; r < R; r++) mine[r] = 0.f;
+        for (int64_t b = sh.b0; b < sh.b1; b++)
+            for (int64_t r = sh.r0; r < sh.r1; r++) {
+                float s = 0.f;
+                int64_t k = off[b * R + r], k1 = off[b * R + r + 1];
+#ifdef __AVX512F__
+                __m512 vs = _mm512_setzero_ps();
+                for (; k + 16 <= k1; k += 16) vs = _mm512_fmadd_ps(_mm512_loadu_ps(P + k), _mm512_loadu_ps(dP + k), vs);
+                s = _mm512_reduce_add_ps(vs);
+#endif
+                for (; k < k1; k++) s += P[k] * dP[k];
+                mine[r] += s;
+            }
+        #pragma omp barrier
+        plan_row_reduce(part, R, nt, 0, row);
+        for (int64_t b = sh.b0; b < sh.b1; b++)
+            for (int64_t r = sh.r0; r < sh.r1; r++) {
+                float s = row[r];
+                int64_t k = off[b * R + r], k1 = off[b * R + r + 1];
+#ifdef __AVX512F__
+                __m512 vs = _mm512_set1_ps(s);
+                for (; k + 16 <= k1; k += 16)
+                    _mm512_storeu_ps(dS + k, _mm512_mul_ps(_mm512_loadu_ps(P + k), _mm512_sub_ps(_mm512_loadu_ps(dP + k), vs)));
+#endif
+                for (; k < k1; k++) dS[k] = P[k] * (dP[k] - s);
+            }
+    }
+    free(part);
 }
 
 /* Sorted draws in one pass per row (sampling._weighted_draws does the same with PyTorch): the row's
@@ -267,10 +610,13 @@ def _build() -> ctypes.CDLL | None:
     except OSError:
         return None
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    dll.segments.argtypes = [p, i64, i64, i64, i64, p, i32]
-    dll.sddmm.argtypes = [p, p, p, p, p, i64, i64, i64, i64, p, i32]
-    dll.spmm.argtypes = [p, p, p, p, i64, i64, i64, i64, p, i32]
-    dll.spmm_t.argtypes = [p, p, p, p, i64, i64, i64, i64, p, i32]
+    dll.plan_count.argtypes = [p, p, i64, i64, i64, p, i32]
+    dll.plan_fill.argtypes = [p, p, i64, i64, i64, p, p, i32]
+    dll.plan_sddmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
+    dll.plan_spmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
+    dll.plan_spmm_t.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
+    dll.plan_softmax.argtypes = [p, p, i64, i64, p, i32]
+    dll.plan_softmax_backward.argtypes = [p, p, p, i64, i64, p, i32]
     dll.weighted_draws.argtypes = [p, p, i64, i64, i64, i64, p, p, p, i32]
     return dll
 
@@ -298,41 +644,74 @@ def _ptr(t: Tensor) -> int:
     return t.data_ptr()
 
 
-def segments(rows: Tensor, num_rows: int, channels: int) -> Tensor:
-    """(R, nb + 1) int64: where each row's sorted ``rows`` (R, n) enter each block of X (num_rows,
-    channels), a block being ``BLOCK_BYTES`` of rows."""
+class Plan(NamedTuple):
+    """Every row's valid draws, block by block: the draws of row r in block b are
+    ``k in [off[b * rows + r], off[b * rows + r + 1])``, and ``idx[k]`` is the row of X each reads."""
+
+    off: Tensor  # int64 (blocks * rows + 1)
+    idx: Tensor  # int32 (valid draws,)
+    rows: int  # R
+    blocks: int  # nb
+    num_rows: int  # M, rows of X
+    channels: int  # C, channels of X (the block size depends on it)
+
+
+def plan(rows: Tensor, valid: Tensor, num_rows: int, channels: int) -> Plan:
+    """The plan of draws ``rows`` (R, n) int64, ascending in each row, into X (num_rows, channels);
+    the draws where ``valid`` (R, n) is False are left out."""
+    if num_rows >= 2**31:
+        raise ValueError(f"the kernels index X with int32: {num_rows} rows is too many")
     R, n = rows.shape
     bs = _block(channels)
     nb = -(-num_rows // bs)
-    seg = torch.empty(R, nb + 1, dtype=torch.int64)
-    _lib().segments(_ptr(rows), R, n, bs, nb, _ptr(seg), _threads(R * (n + nb)))
-    return seg
+    threads = _threads(R * n * 4)
+    counts = torch.zeros(nb * R + 1, dtype=torch.int64)
+    _lib().plan_count(_ptr(rows), _ptr(valid), R, n, bs, counts[1:].data_ptr(), threads)
+    off = counts.cumsum_(0)
+    idx = torch.empty(int(off[-1]), dtype=torch.int32)
+    _lib().plan_fill(_ptr(rows), _ptr(valid), R, n, bs, _ptr(off), _ptr(idx), threads)
+    return Plan(off, idx, R, nb, num_rows, channels)
 
 
-def sddmm(A: Tensor, X: Tensor, rows: Tensor, valid: Tensor, seg: Tensor) -> Tensor:
-    """(R, n): ``A[r] . X[rows[r, t]]`` where ``valid``, 0 elsewhere. A (R, C), X (M, C) float32."""
-    R, n = rows.shape
-    out = torch.empty(R, n, dtype=torch.float32)
-    _lib().sddmm(_ptr(A), _ptr(X), _ptr(rows), _ptr(valid), _ptr(seg), R, n, A.shape[1], seg.shape[1] - 1,
-                 _ptr(out), _threads(R * n * A.shape[1]))
+def _work(p: Plan, C: int) -> int:
+    return _threads(p.idx.numel() * C)
+
+
+def plan_sddmm(A: Tensor, X: Tensor, p: Plan) -> Tensor:
+    """Scores in plan order: ``S[k] = A[r] . X[idx[k]]``. A (R, C), X (M, C) float32."""
+    C = X.shape[1]
+    out = torch.empty(p.idx.numel(), dtype=torch.float32)
+    _lib().plan_sddmm(_ptr(A), _ptr(X), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _ptr(out), _work(p, C))
     return out
 
 
-def spmm(W: Tensor, X: Tensor, rows: Tensor, seg: Tensor) -> Tensor:
-    """(R, C): ``sum_t W[r, t] X[rows[r, t]]``."""
-    R, n = rows.shape
-    out = torch.zeros(R, X.shape[1], dtype=torch.float32)
-    _lib().spmm(_ptr(W), _ptr(X), _ptr(rows), _ptr(seg), R, n, X.shape[1], seg.shape[1] - 1, _ptr(out),
-                _threads(R * n * X.shape[1]))
+def plan_softmax(S: Tensor, p: Plan) -> Tensor:
+    """Each row's softmax over its draws, in plan order."""
+    out = torch.empty_like(S)
+    _lib().plan_softmax(_ptr(S), _ptr(p.off), p.rows, p.blocks, _ptr(out), _work(p, 8))
     return out
 
 
-def spmm_t(W: Tensor, A: Tensor, rows: Tensor, seg: Tensor, num_rows: int) -> Tensor:
-    """(M, C): ``out[rows[r, t]] += W[r, t] A[r]``, the transpose of :func:`spmm`."""
-    R, n = rows.shape
-    out = torch.zeros(num_rows, A.shape[1], dtype=torch.float32)
-    _lib().spmm_t(_ptr(W), _ptr(A), _ptr(rows), _ptr(seg), R, n, A.shape[1], seg.shape[1] - 1, _ptr(out),
-                  _threads(R * n * A.shape[1]))
+def plan_softmax_backward(P: Tensor, dP: Tensor, p: Plan) -> Tensor:
+    """The scores' gradient from the softmax ``P`` and its gradient ``dP``, in plan order."""
+    out = torch.empty_like(P)
+    _lib().plan_softmax_backward(_ptr(P), _ptr(dP), _ptr(p.off), p.rows, p.blocks, _ptr(out), _work(p, 8))
+    return out
+
+
+def plan_spmm(W: Tensor, X: Tensor, p: Plan) -> Tensor:
+    """(R, C): ``out[r] = sum_k W[k] X[idx[k]]`` over row r's draws."""
+    C = X.shape[1]
+    out = torch.zeros(p.rows, C, dtype=torch.float32)
+    _lib().plan_spmm(_ptr(W), _ptr(X), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _ptr(out), _work(p, C))
+    return out
+
+
+def plan_spmm_t(W: Tensor, A: Tensor, p: Plan) -> Tensor:
+    """(M, C): ``out[idx[k]] += W[k] A[r]``, the transpose of :func:`plan_spmm`."""
+    C = A.shape[1]
+    out = torch.zeros(p.num_rows, C, dtype=torch.float32)
+    _lib().plan_spmm_t(_ptr(W), _ptr(A), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _ptr(out), _work(p, C))
     return out
 
 

@@ -112,22 +112,54 @@ def test_sampled_attention_cost_follows_the_number_of_draws(monkeypatch):
     assert work.dense_scores == 1  # the check sees dense attention
 
 
-def test_kernels_equal_pytorch_ops():
+@pytest.mark.parametrize("C", [64, 80, 20])  # 64: the unrolled path; 80: AVX-512 groups; 20: plain C
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("blocks", [1, 7])  # with 3 threads: they split the rows, or the blocks
+def test_kernels_equal_pytorch_ops(C, threads, blocks, monkeypatch):
     if not cpu_kernels.available(torch.zeros(1)):
         pytest.skip("no C compiler: the CPU kernels are not built")
+    monkeypatch.setattr(cpu_kernels, "_threads", lambda work: threads)
     g = torch.Generator().manual_seed(0)
-    R, n, M, C = 30, 40, 900, 80  # several blocks of X
+    R, n = 30, 40
+    M = cpu_kernels._block(C) * (blocks - 1) + 50
     rows = torch.sort(torch.randint(M, (R, n), generator=g), -1).values
     valid = torch.ones(R, n, dtype=torch.bool)
     valid[:, 1:] = rows[:, 1:] != rows[:, :-1]
-    a, x, w = torch.randn(R, C, generator=g), torch.randn(M, C, generator=g), torch.randn(R, n, generator=g) * valid
-    w[0, :5] = 1e-35  # negligible weights may be skipped
-    seg = cpu_kernels.segments(rows, M, C)
+    valid[3, 7:] = False  # a row with few draws
+    plan = cpu_kernels.plan(rows, valid, M, C)
+    assert plan.idx.numel() == int(valid.sum()) and plan.blocks == blocks
+    a, x = torch.randn(R, C, generator=g), torch.randn(M, C, generator=g)
+    s = torch.randn(R, n, generator=g)
+    w = torch.softmax(s.masked_fill(~valid, float("-inf")), -1)
+    # plan order: blocks, then rows, then the draws in order; as a gather from the row-major (R, n)
+    flat_r = torch.arange(R).repeat_interleave(n)[valid.flatten()]
+    flat_i = rows.flatten()[valid.flatten()]
+    flat_k = torch.arange(R * n)[valid.flatten()]
+    key = (flat_i // cpu_kernels._block(C)) * R + flat_r
+    perm = flat_k[torch.sort(key, stable=True).indices]
+    assert torch.equal(plan.idx.long(), rows.flatten()[perm])
     gathered = x[rows]  # R x n x C, the naive form
-    torch.testing.assert_close(cpu_kernels.sddmm(a, x, rows, valid, seg), (a[:, None] * gathered).sum(-1) * valid)
-    torch.testing.assert_close(cpu_kernels.spmm(w, x, rows, seg), (w[..., None] * gathered).sum(1), atol=1e-5, rtol=1e-5)
-    scattered = torch.zeros(M, C).index_add_(0, rows.flatten(), (w[..., None] * a[:, None]).reshape(-1, C))
-    torch.testing.assert_close(cpu_kernels.spmm_t(w, a, rows, seg, M), scattered, atol=1e-5, rtol=1e-5)
+    scores = (a[:, None] * gathered).sum(-1)
+    torch.testing.assert_close(cpu_kernels.plan_sddmm(a, x, plan), scores.flatten()[perm])
+    planned_w = cpu_kernels.plan_softmax(s.flatten()[perm], plan)
+    torch.testing.assert_close(planned_w, w.flatten()[perm])
+    wn = w.clone()
+    wn[0, :5] = 1e-35  # negligible weights may be skipped
+    torch.testing.assert_close(cpu_kernels.plan_spmm(wn.flatten()[perm], x, plan),
+                               (wn[..., None] * gathered * valid[..., None]).sum(1), atol=1e-5, rtol=1e-5)
+    scattered = torch.zeros(M, C).index_add_(0, rows.flatten(), ((w * valid)[..., None] * a[:, None]).reshape(-1, C))
+    torch.testing.assert_close(cpu_kernels.plan_spmm_t(w.flatten()[perm], a, plan), scattered, atol=1e-5, rtol=1e-5)
+    dp = torch.randn(R, n, generator=g)
+    ds = w * (dp - (w * dp).sum(-1, keepdim=True))
+    torch.testing.assert_close(cpu_kernels.plan_softmax_backward(w.flatten()[perm], dp.flatten()[perm], plan),
+                               ds.flatten()[perm])
+
+
+def test_draws_kernel_equals_pytorch():
+    if not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("no C compiler: the CPU kernels are not built")
+    g = torch.Generator().manual_seed(0)
+    R, n, M = 30, 40, 900
     # draws: the kernel and the PyTorch form give the same draws from the same random numbers,
     # including for a row without candidates (all zero: uniform) and very peaked rows
     from boltzformer.sampling import _weighted_draws

@@ -160,10 +160,8 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out.view(B, Q, C))  # (B*Q*H) x d -> B x Q x C
 
 
-def _sddmm(a: Tensor, x: Tensor, rows: Tensor, valid: Tensor, seg: Tensor | None) -> Tensor:
-    """(R, n): ``a[r] . x[rows[r, t]]`` (0 where not ``valid`` with the kernels)."""
-    if seg is not None:
-        return cpu_kernels.sddmm(a, x, rows, valid, seg)
+def _sddmm(a: Tensor, x: Tensor, rows: Tensor) -> Tensor:
+    """(R, n): ``a[r] . x[rows[r, t]]``."""
     R, n = rows.shape
     crow = torch.arange(0, R * n + 1, n, device=rows.device)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": sampled_addmm is what we use of it
@@ -174,19 +172,15 @@ def _sddmm(a: Tensor, x: Tensor, rows: Tensor, valid: Tensor, seg: Tensor | None
     return torch.sparse.sampled_addmm(pattern, a, x.t(), beta=0.0).values().view(R, n)
 
 
-def _spmm(weights: Tensor, x: Tensor, rows: Tensor, seg: Tensor | None) -> Tensor:
+def _spmm(weights: Tensor, x: Tensor, rows: Tensor) -> Tensor:
     """(R, C): ``sum_t weights[r, t] x[rows[r, t]]``."""
-    if seg is not None:
-        return cpu_kernels.spmm(weights, x, rows, seg)
     return F.embedding_bag(rows, x, mode="sum", per_sample_weights=weights)
 
 
-def _spmm_t(weights: Tensor, a: Tensor, rows: Tensor, seg: Tensor | None, like: Tensor) -> Tensor:
-    """``like``-shaped (M, C): ``out[rows[r, t]] += weights[r, t] a[r]``."""
-    if seg is not None:
-        return cpu_kernels.spmm_t(weights, a, rows, seg, like.shape[0])
-    # the weight gradient of the bag ``_spmm(weights, like)``, which embedding_bag's backward
-    # computes without materialising the (R n, C) products
+def _spmm_t(weights: Tensor, a: Tensor, rows: Tensor, like: Tensor) -> Tensor:
+    """``like``-shaped (M, C): ``out[rows[r, t]] += weights[r, t] a[r]``: the weight gradient of the
+    bag ``_spmm(weights, like)``, which embedding_bag's backward computes without materialising the
+    (R n, C) products."""
     with torch.enable_grad():
         leaf = like.detach().requires_grad_()
         (out,) = torch.autograd.grad(F.embedding_bag(rows, leaf, mode="sum", per_sample_weights=weights), leaf, a)
@@ -195,27 +189,51 @@ def _spmm_t(weights: Tensor, a: Tensor, rows: Tensor, seg: Tensor | None, like: 
 
 class _SampledAttention(torch.autograd.Function):
     """softmax over each row's valid draws of ``a[r] . k[rows[r, t]]``, then the weighted sum of
-    ``v[rows[r, t]]``; backward by the same three products, transposed where needed."""
+    ``v[rows[r, t]]``; backward by the same three products, transposed where needed. PyTorch's
+    sparse operations on the row-major draws."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor) -> Tensor:
+        scores = _sddmm(a, k, rows)  # R x n
+        attn = torch.softmax(scores.masked_fill_(~valid, float("-inf")), dim=-1)
+        ctx.save_for_backward(a, k, v, rows, attn)
+        return _spmm(attn, v, rows)  # R x C
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, k, v, rows, attn = ctx.saved_tensors
+        grad = grad.contiguous()
+        dattn = _sddmm(grad, v, rows)
+        dscores = attn * (dattn - (attn * dattn).sum(-1, keepdim=True))  # softmax backward
+        da = _spmm(dscores, k, rows) if ctx.needs_input_grad[0] else None
+        dk = _spmm_t(dscores, a, rows, k) if ctx.needs_input_grad[1] else None
+        dv = _spmm_t(attn, grad, rows, v) if ctx.needs_input_grad[2] else None
+        return da, dk, dv, None, None
+
+
+class _PlannedAttention(torch.autograd.Function):
+    """The same with the CPU kernels: the draws regrouped by blocks of keys once
+    (:func:`cpu_kernels.plan`), then scores, softmax, weighted sum and their backward all in that
+    order."""
 
     @staticmethod
     def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor) -> Tensor:
         a, k, v = a.contiguous(), k.contiguous(), v.contiguous()
-        kernels = cpu_kernels.available(a) and a.dtype == k.dtype == v.dtype == torch.float32
-        seg = cpu_kernels.segments(rows, k.shape[0], k.shape[1]) if kernels else None
-        scores = _sddmm(a, k, rows, valid, seg)  # R x n
-        attn = torch.softmax(scores.masked_fill_(~valid, float("-inf")), dim=-1)
-        ctx.save_for_backward(a, k, v, rows, valid, attn, seg)
-        return _spmm(attn, v, rows, seg)  # R x C
+        plan = cpu_kernels.plan(rows, valid, k.shape[0], k.shape[1])
+        attn = cpu_kernels.plan_softmax(cpu_kernels.plan_sddmm(a, k, plan), plan)
+        ctx.plan = plan
+        ctx.save_for_backward(a, k, v, attn)
+        return cpu_kernels.plan_spmm(attn, v, plan)  # R x C
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        a, k, v, rows, valid, attn, seg = ctx.saved_tensors
+        a, k, v, attn = ctx.saved_tensors
+        plan = ctx.plan
         grad = grad.contiguous()
-        dattn = _sddmm(grad, v, rows, valid, seg)
-        dscores = (attn * (dattn - (attn * dattn).sum(-1, keepdim=True))).contiguous()  # softmax backward
-        da = _spmm(dscores, k, rows, seg) if ctx.needs_input_grad[0] else None
-        dk = _spmm_t(dscores, a, rows, seg, k) if ctx.needs_input_grad[1] else None
-        dv = _spmm_t(attn, grad, rows, seg, v) if ctx.needs_input_grad[2] else None
+        dscores = cpu_kernels.plan_softmax_backward(attn, cpu_kernels.plan_sddmm(grad, v, plan), plan)
+        da = cpu_kernels.plan_spmm(dscores, k, plan) if ctx.needs_input_grad[0] else None
+        dk = cpu_kernels.plan_spmm_t(dscores, a, plan) if ctx.needs_input_grad[1] else None
+        dv = cpu_kernels.plan_spmm_t(attn, grad, plan) if ctx.needs_input_grad[2] else None
         return da, dk, dv, None, None
 
 
@@ -236,7 +254,8 @@ def sampled_attention_rows(
         (R, c). Cost O(R n c); the only saved activation of its own is the (R, n) weights.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return _SampledAttention.apply(q * scale, k, v, rows, valid.contiguous())
+    kernels = cpu_kernels.available(q) and q.dtype == k.dtype == v.dtype == torch.float32
+    return (_PlannedAttention if kernels else _SampledAttention).apply(q * scale, k, v, rows, valid.contiguous())
 
 
 def sampled_attention(q: Tensor, k: Tensor, v: Tensor, *, indices: Tensor, valid: Tensor) -> Tensor:
