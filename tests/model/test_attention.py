@@ -127,32 +127,47 @@ def test_kernels_equal_pytorch_ops(C, threads, blocks, monkeypatch):
     valid[:, 1:] = rows[:, 1:] != rows[:, :-1]
     valid[3, 7:] = False  # a row with few draws
     plan = cpu_kernels.plan(rows, valid, M, C)
-    assert plan.idx.numel() == int(valid.sum()) and plan.blocks == blocks
+    assert plan.blocks == blocks
     a, x = torch.randn(R, C, generator=g), torch.randn(M, C, generator=g)
-    s = torch.randn(R, n, generator=g)
-    w = torch.softmax(s.masked_fill(~valid, float("-inf")), -1)
-    # plan order: blocks, then rows, then the draws in order; as a gather from the row-major (R, n)
-    flat_r = torch.arange(R).repeat_interleave(n)[valid.flatten()]
-    flat_i = rows.flatten()[valid.flatten()]
-    flat_k = torch.arange(R * n)[valid.flatten()]
-    key = (flat_i // cpu_kernels._block(C)) * R + flat_r
-    perm = flat_k[torch.sort(key, stable=True).indices]
-    assert torch.equal(plan.idx.long(), rows.flatten()[perm])
+    s = torch.randn(R, n, generator=g).masked_fill(~valid, float("-inf"))
+    w = torch.softmax(s, -1)
+    # plan order: blocks, then rows, then the draws in order; as a permutation of the row-major (R, n)
+    key = (rows.flatten() // cpu_kernels._block(C)) * R + torch.arange(R).repeat_interleave(n)
+    perm = torch.sort(key, stable=True).indices
+    assert torch.equal((plan.idx & 0x7FFFFFFF).long(), rows.flatten()[perm])
+    assert torch.equal(plan.idx < 0, ~valid.flatten()[perm])  # the sign bit marks the repeats
     gathered = x[rows]  # R x n x C, the naive form
     scores = (a[:, None] * gathered).sum(-1)
     torch.testing.assert_close(cpu_kernels.plan_sddmm(a, x, plan), scores.flatten()[perm])
-    planned_w = cpu_kernels.plan_softmax(s.flatten()[perm], plan)
-    torch.testing.assert_close(planned_w, w.flatten()[perm])
+    # the softmax leaves the flagged draws out, whatever their scores
+    unmasked = s.masked_fill(~valid, 1e4).flatten()[perm]
+    torch.testing.assert_close(cpu_kernels.plan_softmax(unmasked, plan), w.flatten()[perm])
     wn = w.clone()
     wn[0, :5] = 1e-35  # negligible weights may be skipped
     torch.testing.assert_close(cpu_kernels.plan_spmm(wn.flatten()[perm], x, plan),
-                               (wn[..., None] * gathered * valid[..., None]).sum(1), atol=1e-5, rtol=1e-5)
-    scattered = torch.zeros(M, C).index_add_(0, rows.flatten(), ((w * valid)[..., None] * a[:, None]).reshape(-1, C))
+                               (wn[..., None] * gathered).sum(1), atol=1e-5, rtol=1e-5)
+    scattered = torch.zeros(M, C).index_add_(0, rows.flatten(), (w[..., None] * a[:, None]).reshape(-1, C))
     torch.testing.assert_close(cpu_kernels.plan_spmm_t(w.flatten()[perm], a, plan), scattered, atol=1e-5, rtol=1e-5)
     dp = torch.randn(R, n, generator=g)
     ds = w * (dp - (w * dp).sum(-1, keepdim=True))
     torch.testing.assert_close(cpu_kernels.plan_softmax_backward(w.flatten()[perm], dp.flatten()[perm], plan),
                                ds.flatten()[perm])
+
+
+def test_plan_maps_token_draws_to_head_rows():
+    """A decoder's token draws, with heads interleaved in X's rows and a batch of images, plan the
+    same as the explicit rows they stand for."""
+    if not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("no C compiler: the CPU kernels are not built")
+    g = torch.Generator().manual_seed(1)
+    B, Q, H, N, n, d = 2, 5, 4, 3000, 30, 64
+    draws = torch.sort(torch.randint(N, (B, Q, H, n), generator=g), -1).values
+    valid = torch.rand(B, Q, H, n, generator=g) > 0.1
+    rows = (draws + torch.arange(B).view(B, 1, 1, 1) * N) * H + torch.arange(H).view(1, 1, H, 1)
+    explicit = cpu_kernels.plan(rows.view(-1, n), valid.view(-1, n), B * N * H, d)
+    mapped = cpu_kernels.plan(draws.view(-1, n), valid.view(-1, n), B * N * H, d, heads=H, per_batch=Q * H, stride=N)
+    assert explicit.blocks > 1
+    assert torch.equal(explicit.off, mapped.off) and torch.equal(explicit.idx, mapped.idx)
 
 
 def test_draws_kernel_equals_pytorch():

@@ -131,19 +131,17 @@ class MultiHeadAttention(nn.Module):
         n = idx.shape[-1]
         valid = valid.transpose(1, 2).reshape(B * Q * H, n)
         q = F.linear(query, w[:C], b[:C]).view(B, Q, H, d)
-        # the row of each draw in the (B*N) x C keys and values (no offset to add for one image)
-        flat = idx if B == 1 else idx + torch.arange(B, device=idx.device).view(B, 1, 1, 1) * N
+        draws = idx.reshape(B * Q * H, n)  # rows (batch, query, head); tokens of image b at b * N
         # folded: 2 Q H n C multiply-adds on raw rows; projected: 4 N C^2 of GEMMs (about 3x the
         # throughput per multiply-add on CPU) + 2 Q H n d
         if cpu_kernels.available(query) and 3 * Q * H * n < N * C:
             wk, wv = w[C : 2 * C].view(H, d, C), w[2 * C :].view(H, d, C)
             # B x Q x H x d . H x d x C -> (B*Q*H) x C: each row's query in the input space of the keys
             folded = torch.einsum("bqhd,hdc->bqhc", q, wk).reshape(B * Q * H, C)
-            rows = flat.reshape(B * Q * H, n)
             # the kernels read float32 (under bf16 autocast the maps may be bfloat16)
             mixed = sampled_attention_rows(
-                folded.float(), key.reshape(B * N, C).float(), value.reshape(B * N, C).float(), rows=rows,
-                valid=valid, scale=d**-0.5,
+                folded.float(), key.reshape(B * N, C).float(), value.reshape(B * N, C).float(), rows=draws,
+                valid=valid, scale=d**-0.5, per_batch=Q * H, stride=N,
             )
             if value_shift is not None:
                 mixed = mixed + value_shift
@@ -154,9 +152,8 @@ class MultiHeadAttention(nn.Module):
         k = F.linear(key, w[C : 2 * C], b[C : 2 * C]).reshape(B * N * H, d)
         bv = b[2 * C :] if value_shift is None else b[2 * C :] + w[2 * C :] @ value_shift
         v = F.linear(value, w[2 * C :], bv).reshape(B * N * H, d)
-        head = torch.arange(H, device=idx.device).view(1, 1, H, 1)
-        rows = (flat * H + head).reshape(B * Q * H, n)  # row of each drawn key in k and v
-        out = sampled_attention_rows(q.reshape(B * Q * H, d), k, v, rows=rows, valid=valid)
+        out = sampled_attention_rows(q.reshape(B * Q * H, d), k, v, rows=draws, valid=valid, heads=H, per_batch=Q * H,
+                                     stride=N)
         return self.out_proj(out.view(B, Q, C))  # (B*Q*H) x d -> B x Q x C
 
 
@@ -217,9 +214,11 @@ class _PlannedAttention(torch.autograd.Function):
     order."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor) -> Tensor:
+    def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor, mapping: tuple) -> Tensor:
         a, k, v = a.contiguous(), k.contiguous(), v.contiguous()
-        plan = cpu_kernels.plan(rows, valid, k.shape[0], k.shape[1])
+        heads, per_batch, stride = mapping
+        plan = cpu_kernels.plan(rows.contiguous(), valid, k.shape[0], k.shape[1], heads=heads, per_batch=per_batch,
+                                stride=stride)
         attn = cpu_kernels.plan_softmax(cpu_kernels.plan_sddmm(a, k, plan), plan)
         ctx.plan = plan
         ctx.save_for_backward(a, k, v, attn)
@@ -234,11 +233,12 @@ class _PlannedAttention(torch.autograd.Function):
         da = cpu_kernels.plan_spmm(dscores, k, plan) if ctx.needs_input_grad[0] else None
         dk = cpu_kernels.plan_spmm_t(dscores, a, plan) if ctx.needs_input_grad[1] else None
         dv = cpu_kernels.plan_spmm_t(attn, grad, plan) if ctx.needs_input_grad[2] else None
-        return da, dk, dv, None, None
+        return da, dk, dv, None, None, None
 
 
 def sampled_attention_rows(
-    q: Tensor, k: Tensor, v: Tensor, *, rows: Tensor, valid: Tensor, scale: float | None = None
+    q: Tensor, k: Tensor, v: Tensor, *, rows: Tensor, valid: Tensor, scale: float | None = None,
+    heads: int = 1, per_batch: int | None = None, stride: int = 0,
 ) -> Tensor:
     """Scaled dot-product attention of each row of ``q`` over the rows of ``k``/``v`` it drew.
 
@@ -249,13 +249,22 @@ def sampled_attention_rows(
         valid: bool (R, n), False on repeats (each distinct key counts once); every row must have
             at least one True.
         scale: score scale, ``1 / sqrt(c)`` by default.
+        heads, per_batch, stride: ``rows`` may instead hold token draws, row r's draw t then
+            reading the row ``(rows[r, t] + (r // per_batch) * stride) * heads + r % heads`` of k and
+            v: a decoder's draws for keys laid out as (batch x tokens x heads) rows of one head's
+            channels, without forming that (R, n) array. By default the rows themselves.
 
     Returns:
-        (R, c). Cost O(R n c); the only saved activation of its own is the (R, n) weights.
+        (R, c). Cost O(R n c); the only saved activations of its own are the (R, n) weights and
+        the draws' order.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    kernels = cpu_kernels.available(q) and q.dtype == k.dtype == v.dtype == torch.float32
-    return (_PlannedAttention if kernels else _SampledAttention).apply(q * scale, k, v, rows, valid.contiguous())
+    if cpu_kernels.available(q) and q.dtype == k.dtype == v.dtype == torch.float32:
+        return _PlannedAttention.apply(q * scale, k, v, rows, valid.contiguous(), (heads, per_batch, stride))
+    if heads != 1 or stride:
+        r = torch.arange(rows.shape[0], device=rows.device)[:, None]
+        rows = (rows + (r // (per_batch or rows.shape[0])) * stride) * heads + r % heads
+    return _SampledAttention.apply(q * scale, k, v, rows, valid)
 
 
 def sampled_attention(q: Tensor, k: Tensor, v: Tensor, *, indices: Tensor, valid: Tensor) -> Tensor:
