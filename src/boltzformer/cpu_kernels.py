@@ -128,16 +128,25 @@ static inline __m512 reduce16(const __m512* x) {
     return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
 }
 
-/* lane-wise partial sums of a . x over C */
-static inline __m512 dot_lanes(const float* a, const float* x, int64_t C) {
-    __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(x)), s1 = _mm512_setzero_ps();
-    int64_t c = 16;
+/* lane-wise partial sums of a . x0..x3 over C: one load of a serves four rows, and two accumulators
+   per row keep eight multiply-add chains going */
+static inline void dot4_lanes(const float* a, const float* const* x, int64_t C, __m512* out) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, t0 = s0, t1 = s0, t2 = s0, t3 = s0;
+    int64_t c = 0;
     for (; c + 32 <= C; c += 32) {
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c), _mm512_loadu_ps(x + c), s1);
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c + 16), _mm512_loadu_ps(x + c + 16), s0);
+        __m512 u = _mm512_loadu_ps(a + c), v = _mm512_loadu_ps(a + c + 16);
+        s0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(x[0] + c), s0); t0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[0] + c + 16), t0);
+        s1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(x[1] + c), s1); t1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[1] + c + 16), t1);
+        s2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(x[2] + c), s2); t2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[2] + c + 16), t2);
+        s3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(x[3] + c), s3); t3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[3] + c + 16), t3);
     }
-    if (c < C) s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + c), _mm512_loadu_ps(x + c), s1);
-    return _mm512_add_ps(s0, s1);
+    if (c < C) {
+        __m512 u = _mm512_loadu_ps(a + c);
+        s0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(x[0] + c), s0); s1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(x[1] + c), s1);
+        s2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(x[2] + c), s2); s3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(x[3] + c), s3);
+    }
+    out[0] = _mm512_add_ps(s0, t0); out[1] = _mm512_add_ps(s1, t1);
+    out[2] = _mm512_add_ps(s2, t2); out[3] = _mm512_add_ps(s3, t3);
 }
 
 /* y[c0, c0 + 64) += sum_j w[j] x[j][c0, c0 + 64); two accumulator sets so that consecutive draws
@@ -178,9 +187,12 @@ static inline void axpy_tile16(const float* w, const float** x, int m, int64_t c
 
 
 /* exp(x) for x <= 0 (softmax arguments), to about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, Cephes'
-   polynomial for exp(r), then a scaling by 2^n that goes to 0 smoothly far below the float range */
+   polynomial for exp(r), then a scaling by 2^n. Below -87.3 (where exp leaves the normal float
+   range) it returns 0, not a denormal: arithmetic on denormals is ~100x slower, and a softmax
+   weight under 1e-38 adds nothing to a sum of weights that is 1. */
 static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-1000.f));
+    __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-100.f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -192,7 +204,7 @@ static inline __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_maskz_scalef_ps(normal, p, n);
 }
 #endif
 
@@ -200,8 +212,14 @@ static inline __m512 exp512(__m512 x) {
 static inline void dot_group(const float* a, const float** x, int m, int64_t C, float* d) {
 #ifdef __AVX512F__
     if (C % 16 == 0) {
-        __m512 part[GROUP];
-        for (int j = 0; j < GROUP; j++) part[(j & 3) * 4 + (j >> 2)] = dot_lanes(a, x[j < m ? j : m - 1], C);
+        __m512 part[GROUP], four[4];
+        const float* xs[GROUP];
+        for (int j = 0; j < GROUP; j++) xs[j] = x[j < m ? j : m - 1];
+        for (int j = 0; j < GROUP; j += 4) {  /* draw j + i goes to part[i * 4 + j / 4] (see reduce16) */
+            if (j >= m) { for (int i = 0; i < 4; i++) part[i * 4 + (j >> 2)] = _mm512_setzero_ps(); continue; }
+            dot4_lanes(a, xs + j, C, four);
+            for (int i = 0; i < 4; i++) part[i * 4 + (j >> 2)] = four[i];
+        }
         __m512 s = reduce16(part);
         _mm512_mask_storeu_ps(d, (__mmask16)((1u << m) - 1), s);
         return;
@@ -483,7 +501,7 @@ void plan_softmax(const float* S, const int64_t* off, const int32_t* idx, int64_
                 }
                 sum = _mm512_reduce_add_ps(vs);
 #else
-                for (; k < k1; k++) { float e = idx[k] >= 0 ? expf(S[k] - mx) : 0.f; P[k] = e; sum += e; }
+                for (; k < k1; k++) { float e = idx[k] >= 0 && S[k] - mx >= -87.3f ? expf(S[k] - mx) : 0.f; P[k] = e; sum += e; }
 #endif
                 mine[r] += sum;
             }
