@@ -52,6 +52,7 @@ _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -426,19 +427,23 @@ void plan_spmm(const float* W, const float* X, const int64_t* off, const int32_t
     free(copies);
 }
 
-/* out[idx[k]] += W[k] A[r] (out (M, C) zeroed by the caller); threads split the blocks, so no two
-   write the same row of out */
+/* out[idx[k]] = sum of W[k] A[r] over the draws k of each row of out (M, C); threads split the
+   blocks, so no two write the same row of out, and each zeroes its block just before adding to it
+   (a separate zero fill of out was a pass over memory of its own) */
 void plan_spmm_t(const float* W, const float* A, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb,
-                 int64_t C, float* out, int threads) {
+                 int64_t C, int64_t bs, int64_t M, float* out, int threads) {
     #pragma omp parallel num_threads(threads)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        for (int64_t b = nb * tid / nt; b < nb * (tid + 1) / nt; b++)
+        for (int64_t b = nb * tid / nt; b < nb * (tid + 1) / nt; b++) {
+            int64_t lo = b * bs, hi = lo + bs < M ? lo + bs : M;
+            memset(out + lo * C, 0, sizeof(float) * (size_t)(hi - lo) * C);
             for (int64_t r = 0; r < R; r++) {
                 const float* a = A + r * C;
                 for (int64_t k = off[b * R + r]; k < off[b * R + r + 1]; k++)
                     if (fabsf(W[k]) > NEGLIGIBLE) axpy(W[k], a, out + ROW(idx[k]) * C, C);
             }
+        }
     }
 }
 
@@ -657,7 +662,7 @@ def _build() -> ctypes.CDLL | None:
     dll.plan_fill.argtypes = [p, p, i64, i64, i64, i64, i64, i64, p, p, p, i32]
     dll.plan_sddmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
     dll.plan_spmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
-    dll.plan_spmm_t.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
+    dll.plan_spmm_t.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, i32]
     dll.plan_softmax.argtypes = [p, p, p, i64, i64, p, i32]
     dll.plan_softmax_backward.argtypes = [p, p, p, i64, i64, p, i32]
     dll.weighted_draws.argtypes = [p, p, i64, i64, i64, i64, p, p, p, i32]
@@ -762,8 +767,9 @@ def plan_spmm(W: Tensor, X: Tensor, p: Plan) -> Tensor:
 def plan_spmm_t(W: Tensor, A: Tensor, p: Plan) -> Tensor:
     """(M, C): ``out[idx[k]] += W[k] A[r]``, the transpose of :func:`plan_spmm`."""
     C = A.shape[1]
-    out = torch.zeros(p.num_rows, C, dtype=torch.float32)
-    _lib().plan_spmm_t(_ptr(W), _ptr(A), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _ptr(out), _work(p, C))
+    out = torch.empty(p.num_rows, C, dtype=torch.float32)  # the kernel zeroes it block by block
+    _lib().plan_spmm_t(_ptr(W), _ptr(A), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _block(p.channels), p.num_rows,
+                       _ptr(out), _work(p, C))
     return out
 
 

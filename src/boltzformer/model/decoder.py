@@ -66,6 +66,26 @@ class DecoderOutput:
     existence_logits: Tensor | None = None
 
 
+def mask_logits(embedding: Tensor, features: Tensor, *, flat: bool = False) -> Tensor:
+    """(B, Q, h, w) = ``einsum("bqc,bchw->bqhw", embedding, features)``, or with ``flat`` its
+    contiguous (B, Q, hw) form.
+
+    einsum lays ``features`` out as (B, C, hw) first: for the channels-last maps of the paper-size
+    presets that is a copy of the whole map (128 MB at 1024 x 1024, ~0.12 s in a train step). For
+    those it multiplies the token-major view instead, (B, hw, C) . (B, C, Q), so that the map is
+    read in place and its gradient comes out channels-last too; the logits are then a (B, Q, h, w)
+    view with the queries innermost.
+    """
+    B, C, h, w = features.shape
+    if C > 1 and features.is_contiguous(memory_format=torch.channels_last):
+        tokens = features.permute(0, 2, 3, 1).reshape(B, h * w, C)  # a view
+        if flat:  # (B, Q, C) . (B, C, hw): contiguous logits; BLAS reads the tokens transposed
+            return torch.bmm(embedding, tokens.transpose(1, 2))
+        return torch.bmm(tokens, embedding.transpose(1, 2)).view(B, h, w, -1).permute(0, 3, 1, 2)
+    out = torch.einsum("bqc,bchw->bqhw", embedding, features)
+    return out.flatten(2) if flat else out
+
+
 def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for (B, C, H, W) maps.
 
@@ -194,11 +214,17 @@ class BoltzmannDecoder(nn.Module):
             src.append(self.input_proj[i](x).flatten(2).transpose(1, 2).contiguous())
             # the keys' input, tokens + level embedding + position, once per level (not once per
             # layer); the position's y and x halves added as broadcasts, never built as a map
-            keys = src[-1] + self.level_embed.weight[i]
             pos_y, pos_x = sine_position_parts(h, w, C // 2, device=x.device)
-            grid = keys.view(B, h, w, C)
-            grid[..., : C // 2] += pos_y[:, None].to(keys.dtype)
-            grid[..., C // 2 :] += pos_x[None].to(keys.dtype)
+            if torch.is_grad_enabled() and (src[-1].requires_grad or self.level_embed.weight.requires_grad):
+                # in training, one out-of-place sum: in-place adds to the halves would make backward
+                # copy the map through as_strided
+                pos = torch.cat((pos_y[:, None].expand(h, w, C // 2), pos_x[None].expand(h, w, C // 2)), dim=-1)
+                keys = src[-1] + (pos.view(h * w, C).to(src[-1].dtype) + self.level_embed.weight[i])
+            else:
+                keys = src[-1] + self.level_embed.weight[i]
+                grid = keys.view(B, h, w, C)
+                grid[..., : C // 2] += pos_y[:, None].to(keys.dtype)
+                grid[..., C // 2 :] += pos_x[None].to(keys.dtype)
             src_pos.append(keys)
             # mask features at this level's resolution, for the sampling distributions
             level_features.append(resize_bilinear(mask_features, (h, w)))
@@ -228,7 +254,9 @@ class BoltzmannDecoder(nn.Module):
             if return_aux:
                 aux_embeddings.append(embedding)
             # B x Q x mask_dim . B x mask_dim x h x w -> B x Q x hw
-            logits = torch.einsum("bqc,bchw->bqhw", embedding, level_features[level]).flatten(2)
+            # the sampler detaches them: no graph to keep
+            with torch.no_grad():
+                logits = mask_logits(embedding, level_features[level], flat=True)
             selection: AttentionSelection = self.sampler(
                 logits, layer, self.num_heads, generator=generator, return_probs=return_sampling
             )
@@ -268,7 +296,7 @@ class BoltzmannDecoder(nn.Module):
         # product with the final queries' embeddings, so that backward is one GEMM into F's
         # gradient, not one rank-1 outer product of F's size per earlier prediction
         embeddings = torch.cat([embedding] + [e.mean(1, keepdim=True) for e in aux_embeddings], dim=1)
-        logits = torch.einsum("bqc,bchw->bqhw", embeddings, mask_features)
+        logits = mask_logits(embeddings, mask_features)
         # split, not slices: backward then puts the parts' gradients together in one tensor
         query_logits, *aux_logits = logits.split([Q] + [1] * len(aux_embeddings), dim=1)
         existence_logits = self.existence.logit(cls_state) if self.existence is not None else None
