@@ -7,14 +7,15 @@ code load into it unchanged. It is batch-first and runs in one of three forms:
 - dense: every key (``F.scaled_dot_product_attention``, which picks a fused kernel);
 - dense with a boolean ``keep`` mask (True = attended);
 - sampled: each (batch, head, query) attends only to the keys at ``indices`` (repeats ignored).
-  Only the drawn keys are touched: the scores are a sampled dense-dense product
-  (``torch.sparse.sampled_addmm``) and the weighted sum a weighted bag of value rows
-  (``F.embedding_bag``, FBGEMM's kernel on CPU), so both cost O(Q n d) instead of O(Q N d) and
-  nothing of size n x d is materialised per query. It gives the same result as the dense form with
-  the same set masked in (tested).
+  Only the drawn keys are touched, so the cost is O(Q n d) instead of O(Q N d), and nothing of size
+  n x d is materialised per query. On CPU the C kernels of :mod:`boltzformer.cpu_kernels` do it:
+  the draws are regrouped by blocks of keys once (a plan), then scores, softmax, weighted sum and
+  their backward walk the plan in order. Elsewhere (or without a C compiler) PyTorch's
+  ``torch.sparse.sampled_addmm`` forms the scores and ``F.embedding_bag`` the weighted sum. Both
+  give the same result as the dense form with the same set masked in (tested).
 
-The sampled form is put together by hand from those two kernels because no maintained library
-offers attention over a different key set per query and head on CPU.
+The sampled form is put together by hand because no maintained library offers attention over a
+different key set per query and head on CPU.
 """
 
 from __future__ import annotations
