@@ -449,7 +449,7 @@ void plan_spmm_t(const float* W, const float* A, const int64_t* off, const int32
 
 /* Softmax over each row's draws, in plan order: P[k] = exp(S[k] - max_r) / sum_r. With backward
    (dP given), dS[k] = P[k] (dP[k] - sum_r P dP). Each thread reduces over its blocks into its own
-   per-row copy; the copies are combined between passes. */
+   per-row copy (in part); the copies are combined between passes. */
 static void plan_row_reduce(float* part, int64_t R, int nt, int use_max, float* out) {
     #pragma omp for schedule(static)
     for (int64_t r = 0; r < R; r++) {
@@ -459,10 +459,9 @@ static void plan_row_reduce(float* part, int64_t R, int nt, int use_max, float* 
     }
 }
 
-void plan_softmax(const float* S, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb, float* P, int threads) {
-    float* part = (float*)malloc(sizeof(float) * (size_t)R * (threads + 1));
-    if (!part) threads = 0;  /* unreachable in practice: R floats per thread */
-    float* row = part + (size_t)R * threads;
+void plan_softmax(const float* S, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb, float* P, float* part,
+                  int threads) {
+    float* row = part + (size_t)R * threads;  /* part: (threads + 1) x R, the caller's */
     #pragma omp parallel num_threads(threads)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -525,14 +524,11 @@ void plan_softmax(const float* S, const int64_t* off, const int32_t* idx, int64_
                 for (; k < k1; k++) P[k] *= inv;
             }
     }
-    free(part);
 }
 
 void plan_softmax_backward(const float* P, const float* dP, const int64_t* off, int64_t R, int64_t nb, float* dS,
-                           int threads) {
-    float* part = (float*)malloc(sizeof(float) * (size_t)R * (threads + 1));
-    if (!part) threads = 0;
-    float* row = part + (size_t)R * threads;
+                           float* part, int threads) {
+    float* row = part + (size_t)R * threads;  /* part: (threads + 1) x R, the caller's */
     #pragma omp parallel num_threads(threads)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -565,7 +561,6 @@ void plan_softmax_backward(const float* P, const float* dP, const int64_t* off, 
                 for (; k < k1; k++) dS[k] = P[k] * (dP[k] - s);
             }
     }
-    free(part);
 }
 
 /* Sorted draws in one pass per row (sampling._weighted_draws does the same with PyTorch): the row's
@@ -663,8 +658,8 @@ def _build() -> ctypes.CDLL | None:
     dll.plan_sddmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
     dll.plan_spmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
     dll.plan_spmm_t.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, i32]
-    dll.plan_softmax.argtypes = [p, p, p, i64, i64, p, i32]
-    dll.plan_softmax_backward.argtypes = [p, p, p, i64, i64, p, i32]
+    dll.plan_softmax.argtypes = [p, p, p, i64, i64, p, p, i32]
+    dll.plan_softmax_backward.argtypes = [p, p, p, i64, i64, p, p, i32]
     dll.weighted_draws.argtypes = [p, p, i64, i64, i64, i64, p, p, p, i32]
     return dll
 
@@ -744,15 +739,17 @@ def plan_sddmm(A: Tensor, X: Tensor, p: Plan) -> Tensor:
 
 def plan_softmax(S: Tensor, p: Plan) -> Tensor:
     """Each row's softmax over its valid draws, in plan order (0 on the others)."""
-    out = torch.empty_like(S)
-    _lib().plan_softmax(_ptr(S), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, _ptr(out), _work(p, 8))
+    out, threads = torch.empty_like(S), _work(p, 8)
+    part = torch.empty(threads + 1, p.rows, dtype=torch.float32)  # per-thread row maxima and sums
+    _lib().plan_softmax(_ptr(S), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, _ptr(out), _ptr(part), threads)
     return out
 
 
 def plan_softmax_backward(P: Tensor, dP: Tensor, p: Plan) -> Tensor:
     """The scores' gradient from the softmax ``P`` and its gradient ``dP``, in plan order."""
-    out = torch.empty_like(P)
-    _lib().plan_softmax_backward(_ptr(P), _ptr(dP), _ptr(p.off), p.rows, p.blocks, _ptr(out), _work(p, 8))
+    out, threads = torch.empty_like(P), _work(p, 8)
+    part = torch.empty(threads + 1, p.rows, dtype=torch.float32)
+    _lib().plan_softmax_backward(_ptr(P), _ptr(dP), _ptr(p.off), p.rows, p.blocks, _ptr(out), _ptr(part), threads)
     return out
 
 

@@ -191,3 +191,11 @@ def test_draws_kernel_equals_pytorch():
             plain = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)
         assert torch.equal(kernel[0], plain[0]) and torch.equal(kernel[1], plain[1])
         assert int(kernel[0].max()) < M and bool((kernel[0].diff(dim=-1) >= 0).all())
+
+
+def test_plan_refuses_keys_beyond_int32():
+    if not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("no C compiler: the CPU kernels are not built")
+    draws = torch.zeros(2, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="int32"):
+        cpu_kernels.plan(draws, torch.ones(2, 3, dtype=torch.bool), 2**31, 64)

@@ -199,3 +199,36 @@ def test_channels_last_encoder_gives_the_same_output_and_token_major_maps():
     assert feats.mask_features.is_contiguous(memory_format=torch.channels_last)
     assert all(m.is_contiguous(memory_format=torch.channels_last) for m in feats.multi_scale)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_mask_logits_of_channels_last_maps_equal_einsum_without_copying_the_map():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from boltzformer.model.decoder import mask_logits
+
+    class Copies(TorchDispatchMode):  # shapes of every copy made
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone):
+                self.shapes.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(1, 5, 16, generator=g, requires_grad=True)
+    f = torch.randn(1, 16, 6, 7, generator=g)
+    expected = torch.einsum("bqc,bchw->bqhw", e, f)
+    (grad_e,) = torch.autograd.grad(expected.square().sum(), e)
+    f_cl = f.contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.testing.assert_close(mask_logits(e, f_cl, flat=True), expected.flatten(2))
+    assert mask_logits(e, f_cl, flat=True).is_contiguous()
+    with Copies() as copies:
+        got = mask_logits(e, f_cl)
+        got.square().sum().backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(e.grad, grad_e)
+    # einsum copies the map's gradient (128 MB at 1024 x 1024) back into channels-last; this does not
+    assert f_cl.grad.is_contiguous(memory_format=torch.channels_last)
+    assert tuple(f.shape) not in copies.shapes, copies.shapes

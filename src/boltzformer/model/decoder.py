@@ -70,11 +70,11 @@ def mask_logits(embedding: Tensor, features: Tensor, *, flat: bool = False) -> T
     """(B, Q, h, w) = ``einsum("bqc,bchw->bqhw", embedding, features)``, or with ``flat`` its
     contiguous (B, Q, hw) form.
 
-    einsum lays ``features`` out as (B, C, hw) first: for the channels-last maps of the paper-size
-    presets that is a copy of the whole map (128 MB at 1024 x 1024, ~0.12 s in a train step). For
-    those it multiplies the token-major view instead, (B, hw, C) . (B, C, Q), so that the map is
-    read in place and its gradient comes out channels-last too; the logits are then a (B, Q, h, w)
-    view with the queries innermost.
+    For the channels-last maps of the paper-size presets, einsum's backward makes the map's
+    gradient as (B, C, hw) and then copies it into the map's channels-last layout (128 MB at
+    1024 x 1024, ~0.12 s of a train step). Here the token-major view is multiplied instead,
+    (B, hw, C) . (B, C, Q), whose gradient is channels-last as it is made; the logits are then a
+    (B, Q, h, w) view with the queries innermost.
     """
     B, C, h, w = features.shape
     if C > 1 and features.is_contiguous(memory_format=torch.channels_last):
