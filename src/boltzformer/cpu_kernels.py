@@ -247,12 +247,12 @@ static inline void axpy_group(const float* w, const float** x, int m, int64_t C,
 }
 
 /* ---- plans ----
-   X (M, C) is read in blocks of bs rows, small enough to stay in L2. A plan lists every row's draws
-   block by block: for block b and row r, the draws of row r that fall in block b are
-   k in [off[b R + r], off[b R + r + 1]), and idx[k] is the row of X each reads, with the sign bit
-   set on draws that are not valid (repeats; they get no weight). Every kernel below walks the plan
-   in order: the draws' indices, scores and weights are read and written sequentially, and X one
-   block at a time. (Walking the row-major draws block by block instead starts a new stretch of
+   X (M, C) is read in blocks of bs rows, small enough to stay in L2. A plan lists every row's valid
+   draws block by block: for block b and row r, the draws of row r that fall in block b are
+   k in [off[b R + r], off[b R + r + 1]), and idx[k] is the row of X each reads. Draws that are not
+   valid (repeats) are left out of the plan: no kernel spends a read on them. Every kernel below walks
+   the plan in order: the draws' indices, scores and weights are read and written sequentially, and X
+   one block at a time. (Walking the row-major draws block by block instead starts a new stretch of
    memory for every (row, block), a cache miss each: that cost more than the arithmetic.) Threads
    split the blocks, so each reads only its share of X from memory, or the rows when there are
    fewer blocks than threads.
@@ -263,9 +263,6 @@ static inline void axpy_group(const float* w, const float** x, int m, int64_t C,
    rows of one head's channels) and a batch of images, the decoder's draws map to them without
    another (R, n) array. */
 
-#define FLAG ((int32_t)0x80000000)
-#define ROW(v) ((int64_t)((v) & 0x7FFFFFFF))
-
 typedef struct { int64_t b0, b1, r0, r1; } Share;
 
 static inline Share share(int64_t nb, int64_t R, int tid, int nt) {
@@ -275,53 +272,88 @@ static inline Share share(int64_t nb, int64_t R, int tid, int nt) {
     return s;
 }
 
-/* cnt[b R + r] = row r's draws in block b (cnt zeroed by the caller) */
-void plan_count(const int64_t* d, int64_t R, int64_t n, int64_t heads, int64_t per_batch, int64_t stride,
-                int64_t bs, int64_t* cnt, int threads) {
+/* the number of draws row[t..n) below lim (the row ascending): eight compares at a time */
+static inline int64_t below(const int64_t* row, int64_t t, int64_t n, int64_t lim) {
+#ifdef __AVX512F__
+    const __m512i l = _mm512_set1_epi64(lim);
+    for (; t + 8 <= n; t += 8) {
+        __mmask8 m = _mm512_cmplt_epi64_mask(_mm512_loadu_si512(row + t), l);
+        if (m != 0xFF) return t + __builtin_popcount(m);
+    }
+#endif
+    while (t < n && row[t] < lim) t++;
+    return t;
+}
+
+/* For each block b and row r: first[b R + r], where the row's draws in block b start, and
+   cnt[b R + r], how many of them are valid. A draw d is in blocks 0..b exactly when
+   (d + base) h' + h < (b + 1) bs, that is when d < ceil(((b + 1) bs - h) / h') - base: the row is
+   scanned once, against one limit per block. */
+void plan_runs(const int64_t* d, const uint8_t* valid, int64_t R, int64_t n, int64_t heads, int64_t per_batch,
+               int64_t stride, int64_t bs, int64_t nb, int64_t* first, int64_t* cnt, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < R; r++) {
         const int64_t* row = d + r * n;
-        int64_t base = (r / per_batch) * stride, h = r % heads, t = 0, b = 0, end = bs;
-        while (t < n) {  /* one block per step: its first draw, then the draws below its end */
-            int64_t x = (row[t] + base) * heads + h, t0 = t;
-            while (x >= end) b++, end += bs;  /* no division: the blocks only go up */
-            while (t < n && (row[t] + base) * heads + h < end) t++;
-            cnt[b * R + r] = t - t0;
+        const uint8_t* ok = valid + r * n;
+        int64_t base = (r / per_batch) * stride, h = r % heads, t = 0;
+        for (int64_t b = 0; b < nb; b++) {
+            int64_t t1 = t;
+            if (t < n) {
+                int64_t end = (b + 1) * bs;
+                t1 = end - h <= 0 ? t : below(row, t, n, (end - h + heads - 1) / heads - base);
+            }
+            int64_t c = 0;
+            for (int64_t j = t; j < t1; j++) c += ok[j] != 0;
+            first[b * R + r] = t;
+            cnt[b * R + r] = c;
+            t = t1;
         }
     }
 }
 
-/* idx in plan order, from the offsets off (the counts' exclusive prefix sums) and first, where
-   each (block, row) run starts among the row's draws. Threads split the blocks and write idx in
-   order; the reads of each row's run are asked for ahead (a row-major walk writing to scattered
-   places measured twice as slow) */
+/* idx in plan order (the valid draws only), from the offsets off (the counts' exclusive prefix
+   sums) and first. The rows go in tiles of TILE: a tile's draws stay in cache while its runs go
+   out block by block, TILE runs in a row of idx each (walking the blocks outermost instead read
+   from R places at once, a miss at the start of each run; walking each whole row wrote to nb
+   places at once). Threads split the rows. */
+#define TILE 16
 void plan_fill(const int64_t* d, const uint8_t* valid, int64_t R, int64_t n, int64_t heads, int64_t per_batch,
                int64_t stride, int64_t nb, const int64_t* off, const int64_t* first, int32_t* idx, int threads) {
     #pragma omp parallel num_threads(threads)
     {
-        Share sh = share(nb, R, omp_get_thread_num(), omp_get_num_threads());
-        for (int64_t b = sh.b0; b < sh.b1; b++) {
-            int32_t h = (int32_t)(sh.r0 % heads), in_batch = (int32_t)(sh.r0 % per_batch);
-            int32_t base = (int32_t)((sh.r0 / per_batch) * stride), hs = (int32_t)heads;
-            for (int64_t r = sh.r0; r < sh.r1; r++) {
-                if (r + 2 < sh.r1) {
-                    int64_t t = (r + 2) * n + first[b * R + r + 2];
-                    __builtin_prefetch(d + t, 0, 3); __builtin_prefetch(d + t + 8, 0, 3);
-                    __builtin_prefetch(d + t + 16, 0, 3); __builtin_prefetch(valid + t, 0, 3);
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        int64_t lo = R * tid / nt, hi = R * (tid + 1) / nt;
+        for (int64_t r0 = lo; r0 < hi; r0 += TILE) {
+            int64_t r1 = r0 + TILE < hi ? r0 + TILE : hi;
+            for (int64_t b = 0; b < nb; b++)
+                for (int64_t r = r0; r < r1; r++) {
+                    int64_t k0 = off[b * R + r], len = off[b * R + r + 1] - k0;
+                    if (!len) continue;
+                    int64_t t = r * n + first[b * R + r];
+                    int32_t base = (int32_t)((r / per_batch) * stride), hs = (int32_t)heads, h = (int32_t)(r % heads);
+                    const int64_t* src = d + t;
+                    const uint8_t* ok = valid + t;
+                    int32_t* out = idx + k0;
+                    int64_t m = 0, j = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512BW__)
+                    const __m256i vb = _mm256_set1_epi32(base), vh = _mm256_set1_epi32(h), vs = _mm256_set1_epi32(hs);
+                    for (; m + 8 <= len; j += 8) {  /* eight draws at a time, the valid ones packed */
+                        __m256i x = _mm512_cvtepi64_epi32(_mm512_loadu_si512(src + j));
+                        x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_add_epi32(x, vb), vs), vh);
+                        __mmask8 keep = (__mmask8)_mm_test_epi8_mask(_mm_loadl_epi64((const __m128i*)(ok + j)),
+                                                                     _mm_set1_epi8((char)0xFF));
+                        _mm256_mask_compressstoreu_epi32(out + m, keep, x);
+                        m += __builtin_popcount(keep);
+                    }
+#endif
+                    for (; m < len; j++)
+                        if (ok[j]) out[m++] = ((int32_t)src[j] + base) * hs + h;
                 }
-                int64_t k0 = off[b * R + r], len = off[b * R + r + 1] - k0, t0 = r * n + first[b * R + r];
-                const int64_t* src = d + t0;
-                const uint8_t* ok = valid + t0;
-                int32_t* out = idx + k0;
-                for (int64_t j = 0; j < len; j++) out[j] = (((int32_t)src[j] + base) * hs + h) | (ok[j] ? 0 : FLAG);
-                if (++h == hs) h = 0;  /* the next row's head and image, without dividing */
-                if (++in_batch == per_batch) in_batch = 0, base += (int32_t)stride;
-            }
         }
     }
 }
 
-/* S[k] = A[r] . X[idx[k]] (also where flagged: the softmax leaves those out) */
+/* S[k] = A[r] . X[idx[k]] */
 void plan_sddmm(const float* A, const float* X, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb,
                 int64_t C, float* S, int threads) {
     #pragma omp parallel num_threads(threads)
@@ -341,7 +373,7 @@ void plan_sddmm(const float* A, const float* X, const int64_t* off, const int32_
                         __m512 part[GROUP];
                         #pragma GCC unroll 16
                         for (int j = 0; j < GROUP; j++) {
-                            const float* p = X + ROW(idx[k + (j < m ? j : m - 1)]) * 64;
+                            const float* p = X + (int64_t)idx[k + (j < m ? j : m - 1)] * 64;
                             __m512 s = _mm512_mul_ps(a0, _mm512_loadu_ps(p));
                             s = _mm512_fmadd_ps(a1, _mm512_loadu_ps(p + 16), s);
                             s = _mm512_fmadd_ps(a2, _mm512_loadu_ps(p + 32), s);
@@ -354,7 +386,7 @@ void plan_sddmm(const float* A, const float* X, const int64_t* off, const int32_
 #endif
                 for (int64_t k = k0; k < k1; k += GROUP) {
                     int m = k1 - k < GROUP ? (int)(k1 - k) : GROUP;
-                    for (int j = 0; j < m; j++) x[j] = X + ROW(idx[k + j]) * C;
+                    for (int j = 0; j < m; j++) x[j] = X + (int64_t)idx[k + j] * C;
                     dot_group(a, x, m, C, S + k);
                 }
             }
@@ -389,7 +421,7 @@ void plan_spmm(const float* W, const float* X, const int64_t* off, const int32_t
                         float wu = W[k], wv = W[k + 1];
                         __m512 u = _mm512_set1_ps(fabsf(wu) > NEGLIGIBLE ? wu : 0.f);
                         __m512 v = _mm512_set1_ps(fabsf(wv) > NEGLIGIBLE ? wv : 0.f);
-                        const float *p = X + ROW(idx[k]) * 64, *q = X + ROW(idx[k + 1]) * 64;
+                        const float *p = X + (int64_t)idx[k] * 64, *q = X + (int64_t)idx[k + 1] * 64;
                         a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); b0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q), b0);
                         a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1); b1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 16), b1);
                         a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); b2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 32), b2);
@@ -397,7 +429,7 @@ void plan_spmm(const float* W, const float* X, const int64_t* off, const int32_t
                     }
                     if (k < k1) {
                         __m512 u = _mm512_set1_ps(fabsf(W[k]) > NEGLIGIBLE ? W[k] : 0.f);
-                        const float* p = X + ROW(idx[k]) * 64;
+                        const float* p = X + (int64_t)idx[k] * 64;
                         a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1);
                         a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3);
                     }
@@ -409,7 +441,7 @@ void plan_spmm(const float* W, const float* X, const int64_t* off, const int32_t
                 int m = 0;
                 for (int64_t k = k0; k < k1; k++) {
                     if (!(fabsf(W[k]) > NEGLIGIBLE)) continue;
-                    x[m] = X + ROW(idx[k]) * C; w[m++] = W[k];
+                    x[m] = X + (int64_t)idx[k] * C; w[m++] = W[k];
                     if (m == GROUP) { axpy_group(w, x, m, C, y); m = 0; }
                 }
                 if (m) axpy_group(w, x, m, C, y);
@@ -441,7 +473,7 @@ void plan_spmm_t(const float* W, const float* A, const int64_t* off, const int32
             for (int64_t r = 0; r < R; r++) {
                 const float* a = A + r * C;
                 for (int64_t k = off[b * R + r]; k < off[b * R + r + 1]; k++)
-                    if (fabsf(W[k]) > NEGLIGIBLE) axpy(W[k], a, out + ROW(idx[k]) * C, C);
+                    if (fabsf(W[k]) > NEGLIGIBLE) axpy(W[k], a, out + (int64_t)idx[k] * C, C);
             }
         }
     }
@@ -459,7 +491,7 @@ static void plan_row_reduce(float* part, int64_t R, int nt, int use_max, float* 
     }
 }
 
-void plan_softmax(const float* S, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb, float* P, float* part,
+void plan_softmax(const float* S, const int64_t* off, int64_t R, int64_t nb, float* P, float* part,
                   int threads) {
     float* row = part + (size_t)R * threads;  /* part: (threads + 1) x R, the caller's */
     #pragma omp parallel num_threads(threads)
@@ -474,15 +506,13 @@ void plan_softmax(const float* S, const int64_t* off, const int32_t* idx, int64_
                 float mx = mine[r];
 #ifdef __AVX512F__
                 __m512 vm = _mm512_set1_ps(-INFINITY);
-                const __m512i zero = _mm512_setzero_si512();
-                for (; k < k1; k += 16) {  /* the valid (not flagged) entries of the run */
+                for (; k < k1; k += 16) {
                     __mmask16 t = k1 - k < 16 ? (__mmask16)((1u << (k1 - k)) - 1) : (__mmask16)0xFFFF;
-                    t = _mm512_mask_cmpge_epi32_mask(t, _mm512_maskz_loadu_epi32(t, idx + k), zero);
                     vm = _mm512_mask_max_ps(vm, t, vm, _mm512_maskz_loadu_ps(t, S + k));
                 }
                 mx = fmaxf(mx, _mm512_reduce_max_ps(vm));
 #else
-                for (; k < k1; k++) if (idx[k] >= 0) mx = fmaxf(mx, S[k]);
+                for (; k < k1; k++) mx = fmaxf(mx, S[k]);
 #endif
                 mine[r] = mx;
             }
@@ -495,17 +525,15 @@ void plan_softmax(const float* S, const int64_t* off, const int32_t* idx, int64_
                 float mx = row[r], sum = 0.f;
 #ifdef __AVX512F__
                 __m512 vs = _mm512_setzero_ps(), vm = _mm512_set1_ps(mx);
-                const __m512i zero = _mm512_setzero_si512();
                 for (; k < k1; k += 16) {
                     __mmask16 t = k1 - k < 16 ? (__mmask16)((1u << (k1 - k)) - 1) : (__mmask16)0xFFFF;
-                    __mmask16 ok = _mm512_mask_cmpge_epi32_mask(t, _mm512_maskz_loadu_epi32(t, idx + k), zero);
-                    __m512 e = _mm512_maskz_mov_ps(ok, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(t, S + k), vm)));
+                    __m512 e = _mm512_maskz_mov_ps(t, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(t, S + k), vm)));
                     _mm512_mask_storeu_ps(P + k, t, e);
                     vs = _mm512_add_ps(vs, e);
                 }
                 sum = _mm512_reduce_add_ps(vs);
 #else
-                for (; k < k1; k++) { float e = idx[k] >= 0 && S[k] - mx >= -87.3f ? expf(S[k] - mx) : 0.f; P[k] = e; sum += e; }
+                for (; k < k1; k++) { float e = S[k] - mx >= -87.3f ? expf(S[k] - mx) : 0.f; P[k] = e; sum += e; }
 #endif
                 mine[r] += sum;
             }
@@ -653,12 +681,12 @@ def _build() -> ctypes.CDLL | None:
     except OSError:
         return None
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    dll.plan_count.argtypes = [p, i64, i64, i64, i64, i64, i64, p, i32]
+    dll.plan_runs.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i64, p, p, i32]
     dll.plan_fill.argtypes = [p, p, i64, i64, i64, i64, i64, i64, p, p, p, i32]
     dll.plan_sddmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
     dll.plan_spmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
     dll.plan_spmm_t.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, i32]
-    dll.plan_softmax.argtypes = [p, p, p, i64, i64, p, p, i32]
+    dll.plan_softmax.argtypes = [p, p, i64, i64, p, p, i32]
     dll.plan_softmax_backward.argtypes = [p, p, p, i64, i64, p, p, i32]
     dll.weighted_draws.argtypes = [p, p, i64, i64, i64, i64, p, p, p, i32]
     return dll
@@ -688,12 +716,12 @@ def _ptr(t: Tensor) -> int:
 
 
 class Plan(NamedTuple):
-    """Every row's draws, block by block: the draws of row r in block b are
-    ``k in [off[b * rows + r], off[b * rows + r + 1])``, and ``idx[k]`` is the row of X each reads,
-    negative (the sign bit set) where the draw is not valid."""
+    """Every row's valid draws, block by block: the draws of row r in block b are
+    ``k in [off[b * rows + r], off[b * rows + r + 1])``, and ``idx[k]`` is the row of X each reads.
+    Draws that are not valid (repeats) are not in it."""
 
     off: Tensor  # int64 (blocks * rows + 1)
-    idx: Tensor  # int32 (R * n,)
+    idx: Tensor  # int32 (valid draws,)
     rows: int  # R
     blocks: int  # nb
     num_rows: int  # M, rows of X
@@ -706,7 +734,7 @@ def plan(
 ) -> Plan:
     """The plan of draws (R, n) int64, ascending in each row, into X (num_rows, channels). Row r's
     draw d reads X's row ``(d + (r // per_batch) * stride) * heads + r % heads`` (by default, d);
-    draws where ``valid`` (R, n) is False get no weight."""
+    draws where ``valid`` (R, n) is False are left out."""
     if num_rows >= 2**31:
         raise ValueError(f"the kernels index X with int32: {num_rows} rows is too many")
     R, n = draws.shape
@@ -714,12 +742,13 @@ def plan(
     nb = -(-num_rows // bs)
     per_batch = per_batch or R
     threads = _threads(R * n * 4)
-    counts = torch.zeros(nb * R + 1, dtype=torch.int64)
-    _lib().plan_count(_ptr(draws), R, n, heads, per_batch, stride, bs, counts[1:].data_ptr(), threads)
-    runs = counts[1:].view(nb, R)
-    first = runs.cumsum(0).sub_(runs)  # where each (block, row) run starts among the row's draws
+    first = torch.empty(nb * R, dtype=torch.int64)  # where each (block, row) run starts among the row's draws
+    counts = torch.empty(nb * R + 1, dtype=torch.int64)  # its valid draws
+    counts[0] = 0
+    _lib().plan_runs(_ptr(draws), _ptr(valid), R, n, heads, per_batch, stride, bs, nb, _ptr(first),
+                     counts[1:].data_ptr(), threads)
     off = counts.cumsum_(0)
-    idx = torch.empty(R * n, dtype=torch.int32)
+    idx = torch.empty(int(off[-1]), dtype=torch.int32)
     _lib().plan_fill(_ptr(draws), _ptr(valid), R, n, heads, per_batch, stride, nb, _ptr(off), _ptr(first), _ptr(idx),
                      threads)
     return Plan(off, idx, R, nb, num_rows, channels)
@@ -738,10 +767,10 @@ def plan_sddmm(A: Tensor, X: Tensor, p: Plan) -> Tensor:
 
 
 def plan_softmax(S: Tensor, p: Plan) -> Tensor:
-    """Each row's softmax over its valid draws, in plan order (0 on the others)."""
+    """Each row's softmax over its draws, in plan order."""
     out, threads = torch.empty_like(S), _work(p, 8)
     part = torch.empty(threads + 1, p.rows, dtype=torch.float32)  # per-thread row maxima and sums
-    _lib().plan_softmax(_ptr(S), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, _ptr(out), _ptr(part), threads)
+    _lib().plan_softmax(_ptr(S), _ptr(p.off), p.rows, p.blocks, _ptr(out), _ptr(part), threads)
     return out
 
 
