@@ -353,12 +353,17 @@ void plan_fill(const int64_t* d, const uint8_t* valid, int64_t R, int64_t n, int
     }
 }
 
-/* S[k] = A[r] . X[idx[k]] */
+/* S[k] = A[r] . X[idx[k]]. With mx (threads x R, or NULL), each thread also records the largest
+   score of every row among its draws (-inf for rows it has none of): the softmax's first pass, while
+   the scores are in registers. */
 void plan_sddmm(const float* A, const float* X, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb,
-                int64_t C, float* S, int threads) {
+                int64_t C, float* S, float* mx, int threads) {
     #pragma omp parallel num_threads(threads)
     {
-        Share sh = share(nb, R, omp_get_thread_num(), omp_get_num_threads());
+        int tid = omp_get_thread_num();
+        Share sh = share(nb, R, tid, omp_get_num_threads());
+        float* top = mx ? mx + (size_t)tid * R : NULL;
+        if (top) for (int64_t r = 0; r < R; r++) top[r] = -INFINITY;
         const float* x[GROUP];
         for (int64_t b = sh.b0; b < sh.b1; b++)
             for (int64_t r = sh.r0; r < sh.r1; r++) {
@@ -368,6 +373,7 @@ void plan_sddmm(const float* A, const float* X, const int64_t* off, const int32_
                 if (C == 64) {  /* 64-channel heads, the common case: the row of A stays in registers */
                     const __m512 a0 = _mm512_loadu_ps(a), a1 = _mm512_loadu_ps(a + 16);
                     const __m512 a2 = _mm512_loadu_ps(a + 32), a3 = _mm512_loadu_ps(a + 48);
+                    __m512 best = _mm512_set1_ps(-INFINITY);
                     for (int64_t k = k0; k < k1; k += GROUP) {
                         int m = k1 - k < GROUP ? (int)(k1 - k) : GROUP;
                         __m512 part[GROUP];
@@ -379,8 +385,11 @@ void plan_sddmm(const float* A, const float* X, const int64_t* off, const int32_
                             s = _mm512_fmadd_ps(a2, _mm512_loadu_ps(p + 32), s);
                             part[(j & 3) * 4 + (j >> 2)] = _mm512_fmadd_ps(a3, _mm512_loadu_ps(p + 48), s);
                         }
-                        _mm512_mask_storeu_ps(S + k, (__mmask16)((1u << m) - 1), reduce16(part));
+                        __m512 sc = reduce16(part);  /* lanes past m repeat draw m - 1: harmless in the max */
+                        best = _mm512_max_ps(best, sc);
+                        _mm512_mask_storeu_ps(S + k, (__mmask16)((1u << m) - 1), sc);
                     }
+                    if (top && k1 > k0) top[r] = fmaxf(top[r], _mm512_reduce_max_ps(best));
                     continue;
                 }
 #endif
@@ -389,14 +398,59 @@ void plan_sddmm(const float* A, const float* X, const int64_t* off, const int32_
                     for (int j = 0; j < m; j++) x[j] = X + (int64_t)idx[k + j] * C;
                     dot_group(a, x, m, C, S + k);
                 }
+                if (top) for (int64_t k = k0; k < k1; k++) top[r] = fmaxf(top[r], S[k]);
             }
     }
 }
 
-/* out[r] = sum_k W[k] X[idx[k]] over row r's draws (out zeroed by the caller). When threads split
-   the blocks, each adds into its own copy of out, summed at the end. Negligible weights count as 0. */
+/* y += sum_k w[k] X[idx[k]] for m draws, negligible weights counted as 0 */
+static inline void spmm_run(const float* w, const int32_t* idx, int64_t m, const float* X, int64_t C, float* y) {
+#if defined(__AVX512F__)
+    if (C == 64) {  /* the output row stays in registers; two accumulator sets */
+        __m512 a0 = _mm512_loadu_ps(y), a1 = _mm512_loadu_ps(y + 16);
+        __m512 a2 = _mm512_loadu_ps(y + 32), a3 = _mm512_loadu_ps(y + 48);
+        __m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
+        int64_t k = 0;
+        for (; k + 2 <= m; k += 2) {
+            float wu = w[k], wv = w[k + 1];
+            __m512 u = _mm512_set1_ps(fabsf(wu) > NEGLIGIBLE ? wu : 0.f);
+            __m512 v = _mm512_set1_ps(fabsf(wv) > NEGLIGIBLE ? wv : 0.f);
+            const float *p = X + (int64_t)idx[k] * 64, *q = X + (int64_t)idx[k + 1] * 64;
+            a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); b0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q), b0);
+            a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1); b1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 16), b1);
+            a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); b2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 32), b2);
+            a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3); b3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 48), b3);
+        }
+        if (k < m) {
+            __m512 u = _mm512_set1_ps(fabsf(w[k]) > NEGLIGIBLE ? w[k] : 0.f);
+            const float* p = X + (int64_t)idx[k] * 64;
+            a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1);
+            a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3);
+        }
+        _mm512_storeu_ps(y, _mm512_add_ps(a0, b0)); _mm512_storeu_ps(y + 16, _mm512_add_ps(a1, b1));
+        _mm512_storeu_ps(y + 32, _mm512_add_ps(a2, b2)); _mm512_storeu_ps(y + 48, _mm512_add_ps(a3, b3));
+        return;
+    }
+#endif
+    const float* x[GROUP]; float wg[GROUP];
+    int g = 0;
+    for (int64_t k = 0; k < m; k++) {
+        if (!(fabsf(w[k]) > NEGLIGIBLE)) continue;
+        x[g] = X + (int64_t)idx[k] * C; wg[g++] = w[k];
+        if (g == GROUP) { axpy_group(wg, x, g, C, y); g = 0; }
+    }
+    if (g) axpy_group(wg, x, g, C, y);
+}
+
+/* out[r] = sum_k W[k] X[idx[k]] over row r's draws (out zeroed by the caller). With mx (R, the
+   rows' largest scores; else NULL), W holds the scores and the weights are their softmax, made on
+   the fly: exp(W[k] - mx[r]) in chunks, summed per row, the row divided by its sum at the end (the
+   softmax and the weighted sum in one pass over the scores; sums: threads x R, zeroed by the caller).
+   When threads split the blocks, each adds into its own copy of out (and of the sums), combined at
+   the end. */
+#define CHUNK 64
 void plan_spmm(const float* W, const float* X, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb,
-               int64_t C, float* out, int threads) {
+               int64_t C, const float* mx, float* sums, float* out, int threads) {
     float* copies = NULL;
     int split = nb >= threads && threads > 1;
     if (split && !(copies = (float*)calloc((size_t)(threads - 1) * R * C, sizeof(float)))) threads = 1, split = 0;
@@ -405,54 +459,43 @@ void plan_spmm(const float* W, const float* X, const int64_t* off, const int32_t
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
         Share sh = share(nb, R, tid, nt);
         float* dst = split && tid ? copies + (size_t)(tid - 1) * R * C : out;
-        const float* x[GROUP]; float w[GROUP];
+        float* mine = sums ? sums + (size_t)tid * R : NULL;
+        float w[CHUNK];
         for (int64_t b = sh.b0; b < sh.b1; b++)
             for (int64_t r = sh.r0; r < sh.r1; r++) {
-                float* y = dst + r * C;
                 int64_t k0 = off[b * R + r], k1 = off[b * R + r + 1];
-                if (k0 == k1) continue;
-#if defined(__AVX512F__)
-                if (C == 64) {  /* the output row stays in registers; two accumulator sets */
-                    __m512 a0 = _mm512_loadu_ps(y), a1 = _mm512_loadu_ps(y + 16);
-                    __m512 a2 = _mm512_loadu_ps(y + 32), a3 = _mm512_loadu_ps(y + 48);
-                    __m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
-                    int64_t k = k0;
-                    for (; k + 2 <= k1; k += 2) {
-                        float wu = W[k], wv = W[k + 1];
-                        __m512 u = _mm512_set1_ps(fabsf(wu) > NEGLIGIBLE ? wu : 0.f);
-                        __m512 v = _mm512_set1_ps(fabsf(wv) > NEGLIGIBLE ? wv : 0.f);
-                        const float *p = X + (int64_t)idx[k] * 64, *q = X + (int64_t)idx[k + 1] * 64;
-                        a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); b0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q), b0);
-                        a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1); b1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 16), b1);
-                        a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); b2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 32), b2);
-                        a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3); b3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(q + 48), b3);
+                if (!mx) { if (k1 > k0) spmm_run(W + k0, idx + k0, k1 - k0, X, C, dst + r * C); continue; }
+                float top = mx[r], sum = 0.f;
+                for (int64_t k = k0; k < k1; k += CHUNK) {
+                    int64_t m = k1 - k < CHUNK ? k1 - k : CHUNK, j = 0;
+#ifdef __AVX512F__
+                    __m512 vs = _mm512_setzero_ps(), vt = _mm512_set1_ps(top);
+                    for (; j < m; j += 16) {
+                        __mmask16 t = m - j < 16 ? (__mmask16)((1u << (m - j)) - 1) : (__mmask16)0xFFFF;
+                        __m512 e = _mm512_maskz_mov_ps(t, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(t, W + k + j), vt)));
+                        _mm512_storeu_ps(w + j, e);
+                        vs = _mm512_add_ps(vs, e);
                     }
-                    if (k < k1) {
-                        __m512 u = _mm512_set1_ps(fabsf(W[k]) > NEGLIGIBLE ? W[k] : 0.f);
-                        const float* p = X + (int64_t)idx[k] * 64;
-                        a0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p), a0); a1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 16), a1);
-                        a2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 32), a2); a3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(p + 48), a3);
-                    }
-                    _mm512_storeu_ps(y, _mm512_add_ps(a0, b0)); _mm512_storeu_ps(y + 16, _mm512_add_ps(a1, b1));
-                    _mm512_storeu_ps(y + 32, _mm512_add_ps(a2, b2)); _mm512_storeu_ps(y + 48, _mm512_add_ps(a3, b3));
-                    continue;
-                }
+                    sum += _mm512_reduce_add_ps(vs);
+#else
+                    for (; j < m; j++) { float d = W[k + j] - top; w[j] = d >= -87.3f ? expf(d) : 0.f; sum += w[j]; }
 #endif
-                int m = 0;
-                for (int64_t k = k0; k < k1; k++) {
-                    if (!(fabsf(W[k]) > NEGLIGIBLE)) continue;
-                    x[m] = X + (int64_t)idx[k] * C; w[m++] = W[k];
-                    if (m == GROUP) { axpy_group(w, x, m, C, y); m = 0; }
+                    spmm_run(w, idx + k, m, X, C, dst + r * C);
                 }
-                if (m) axpy_group(w, x, m, C, y);
+                mine[r] += sum;
             }
-        if (split) {
+        if (split || mx) {
             #pragma omp barrier
             #pragma omp for schedule(static)
-            for (int64_t e = 0; e < R * C; e++) {
-                float s = out[e];
-                for (int c = 0; c < nt - 1; c++) s += copies[(size_t)c * R * C + e];
-                out[e] = s;
+            for (int64_t r = 0; r < R; r++) {
+                float total = 0.f;
+                if (mx) for (int c = 0; c < nt; c++) total += sums[(size_t)c * R + r];
+                float inv = !mx ? 1.f : total > 0.f ? 1.f / total : 0.f;
+                for (int64_t e = r * C; e < (r + 1) * C; e++) {
+                    float v = out[e];
+                    if (split) for (int c = 0; c < nt - 1; c++) v += copies[(size_t)c * R * C + e];
+                    out[e] = v * inv;
+                }
             }
         }
     }
@@ -491,7 +534,7 @@ static void plan_row_reduce(float* part, int64_t R, int nt, int use_max, float* 
     }
 }
 
-void plan_softmax(const float* S, const int64_t* off, int64_t R, int64_t nb, float* P, float* part,
+void plan_softmax(const float* S, const int64_t* off, int64_t R, int64_t nb, const float* given, float* P, float* part,
                   int threads) {
     float* row = part + (size_t)R * threads;  /* part: (threads + 1) x R, the caller's */
     #pragma omp parallel num_threads(threads)
@@ -499,25 +542,30 @@ void plan_softmax(const float* S, const int64_t* off, int64_t R, int64_t nb, flo
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
         Share sh = share(nb, R, tid, nt);
         float* mine = part + (size_t)tid * R;
-        for (int64_t r = 0; r < R; r++) mine[r] = -INFINITY;
-        for (int64_t b = sh.b0; b < sh.b1; b++)
-            for (int64_t r = sh.r0; r < sh.r1; r++) {
-                int64_t k = off[b * R + r], k1 = off[b * R + r + 1];
-                float mx = mine[r];
+        if (given) {  /* the rows' maxima are known (from plan_sddmm) */
+            #pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) row[r] = given[r];
+        } else {
+            for (int64_t r = 0; r < R; r++) mine[r] = -INFINITY;
+            for (int64_t b = sh.b0; b < sh.b1; b++)
+                for (int64_t r = sh.r0; r < sh.r1; r++) {
+                    int64_t k = off[b * R + r], k1 = off[b * R + r + 1];
+                    float mx = mine[r];
 #ifdef __AVX512F__
-                __m512 vm = _mm512_set1_ps(-INFINITY);
-                for (; k < k1; k += 16) {
-                    __mmask16 t = k1 - k < 16 ? (__mmask16)((1u << (k1 - k)) - 1) : (__mmask16)0xFFFF;
-                    vm = _mm512_mask_max_ps(vm, t, vm, _mm512_maskz_loadu_ps(t, S + k));
-                }
-                mx = fmaxf(mx, _mm512_reduce_max_ps(vm));
+                    __m512 vm = _mm512_set1_ps(-INFINITY);
+                    for (; k < k1; k += 16) {
+                        __mmask16 t = k1 - k < 16 ? (__mmask16)((1u << (k1 - k)) - 1) : (__mmask16)0xFFFF;
+                        vm = _mm512_mask_max_ps(vm, t, vm, _mm512_maskz_loadu_ps(t, S + k));
+                    }
+                    mx = fmaxf(mx, _mm512_reduce_max_ps(vm));
 #else
-                for (; k < k1; k++) mx = fmaxf(mx, S[k]);
+                    for (; k < k1; k++) mx = fmaxf(mx, S[k]);
 #endif
-                mine[r] = mx;
-            }
-        #pragma omp barrier
-        plan_row_reduce(part, R, nt, 1, row);  /* row = max (implicit barrier) */
+                    mine[r] = mx;
+                }
+            #pragma omp barrier
+            plan_row_reduce(part, R, nt, 1, row);  /* row = max (implicit barrier) */
+        }
         for (int64_t r = 0; r < R; r++) mine[r] = 0.f;
         for (int64_t b = sh.b0; b < sh.b1; b++)
             for (int64_t r = sh.r0; r < sh.r1; r++) {
@@ -683,10 +731,10 @@ def _build() -> ctypes.CDLL | None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     dll.plan_runs.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i64, p, p, i32]
     dll.plan_fill.argtypes = [p, p, i64, i64, i64, i64, i64, i64, p, p, p, i32]
-    dll.plan_sddmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
-    dll.plan_spmm.argtypes = [p, p, p, p, i64, i64, i64, p, i32]
+    dll.plan_sddmm.argtypes = [p, p, p, p, i64, i64, i64, p, p, i32]
+    dll.plan_spmm.argtypes = [p, p, p, p, i64, i64, i64, p, p, p, i32]
     dll.plan_spmm_t.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, i32]
-    dll.plan_softmax.argtypes = [p, p, i64, i64, p, p, i32]
+    dll.plan_softmax.argtypes = [p, p, i64, i64, p, p, p, i32]
     dll.plan_softmax_backward.argtypes = [p, p, p, i64, i64, p, p, i32]
     dll.weighted_draws.argtypes = [p, p, i64, i64, i64, i64, p, p, p, i32]
     return dll
@@ -758,19 +806,24 @@ def _work(p: Plan, C: int) -> int:
     return _threads(p.idx.numel() * C)
 
 
-def plan_sddmm(A: Tensor, X: Tensor, p: Plan) -> Tensor:
-    """Scores in plan order: ``S[k] = A[r] . X[idx[k]]``. A (R, C), X (M, C) float32."""
+def plan_sddmm(A: Tensor, X: Tensor, p: Plan, *, row_max: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Scores in plan order: ``S[k] = A[r] . X[idx[k]]``. A (R, C), X (M, C) float32. With
+    ``row_max``, also each row's largest score (R,), found while the scores are computed."""
     C = X.shape[1]
-    out = torch.empty(p.idx.numel(), dtype=torch.float32)
-    _lib().plan_sddmm(_ptr(A), _ptr(X), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _ptr(out), _work(p, C))
-    return out
+    out, threads = torch.empty(p.idx.numel(), dtype=torch.float32), _work(p, C)
+    top = torch.empty(threads, p.rows, dtype=torch.float32) if row_max else None
+    _lib().plan_sddmm(_ptr(A), _ptr(X), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _ptr(out),
+                      None if top is None else _ptr(top), threads)
+    return (out, top.amax(0)) if row_max else out
 
 
-def plan_softmax(S: Tensor, p: Plan) -> Tensor:
-    """Each row's softmax over its draws, in plan order."""
+def plan_softmax(S: Tensor, p: Plan, *, row_max: Tensor | None = None) -> Tensor:
+    """Each row's softmax over its draws, in plan order; ``row_max`` (R,), the rows' largest
+    scores where known (:func:`plan_sddmm`), saves a pass."""
     out, threads = torch.empty_like(S), _work(p, 8)
     part = torch.empty(threads + 1, p.rows, dtype=torch.float32)  # per-thread row maxima and sums
-    _lib().plan_softmax(_ptr(S), _ptr(p.off), p.rows, p.blocks, _ptr(out), _ptr(part), threads)
+    _lib().plan_softmax(_ptr(S), _ptr(p.off), p.rows, p.blocks, None if row_max is None else _ptr(row_max), _ptr(out),
+                        _ptr(part), threads)
     return out
 
 
@@ -782,11 +835,15 @@ def plan_softmax_backward(P: Tensor, dP: Tensor, p: Plan) -> Tensor:
     return out
 
 
-def plan_spmm(W: Tensor, X: Tensor, p: Plan) -> Tensor:
-    """(R, C): ``out[r] = sum_k W[k] X[idx[k]]`` over row r's draws."""
+def plan_spmm(W: Tensor, X: Tensor, p: Plan, *, row_max: Tensor | None = None) -> Tensor:
+    """(R, C): ``out[r] = sum_k W[k] X[idx[k]]`` over row r's draws. With ``row_max`` (R,), W holds
+    scores and their softmax (:func:`plan_softmax`) is made on the fly: the softmax and the weighted
+    sum in one pass."""
     C = X.shape[1]
-    out = torch.zeros(p.rows, C, dtype=torch.float32)
-    _lib().plan_spmm(_ptr(W), _ptr(X), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _ptr(out), _work(p, C))
+    out, threads = torch.zeros(p.rows, C, dtype=torch.float32), _work(p, C)
+    sums = None if row_max is None else torch.zeros(threads, p.rows, dtype=torch.float32)
+    _lib().plan_spmm(_ptr(W), _ptr(X), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C,
+                     None if row_max is None else _ptr(row_max), None if sums is None else _ptr(sums), _ptr(out), threads)
     return out
 
 

@@ -144,6 +144,13 @@ def test_kernels_equal_pytorch_ops(C, threads, blocks, monkeypatch):
     scores = (a[:, None] * gathered).sum(-1)
     torch.testing.assert_close(cpu_kernels.plan_sddmm(a, x, plan), scores.flatten()[perm])
     torch.testing.assert_close(cpu_kernels.plan_softmax(s.flatten()[perm], plan), w.flatten()[perm])
+    # the scores' row maxima, found with them, save the softmax a pass, or make it inside the sum
+    s2, top = cpu_kernels.plan_sddmm(a, x, plan, row_max=True)
+    assert torch.equal(top, torch.full((R,), float("-inf")).scatter_reduce(0, perm // n, s2, "amax"))
+    w2 = torch.softmax(scores.masked_fill(~valid, float("-inf")), -1)
+    torch.testing.assert_close(cpu_kernels.plan_softmax(s2, plan, row_max=top), w2.flatten()[perm])
+    torch.testing.assert_close(cpu_kernels.plan_spmm(s2, x, plan, row_max=top), (w2[..., None] * gathered).sum(1),
+                               atol=1e-5, rtol=1e-5)
     wn = w.clone()
     wn[0, :5] = 1e-35  # negligible weights may be skipped
     torch.testing.assert_close(cpu_kernels.plan_spmm(wn.flatten()[perm], x, plan),

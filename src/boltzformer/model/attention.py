@@ -220,7 +220,8 @@ class _PlannedAttention(torch.autograd.Function):
         heads, per_batch, stride = mapping
         plan = cpu_kernels.plan(rows.contiguous(), valid, k.shape[0], k.shape[1], heads=heads, per_batch=per_batch,
                                 stride=stride)
-        attn = cpu_kernels.plan_softmax(cpu_kernels.plan_sddmm(a, k, plan), plan)
+        scores, top = cpu_kernels.plan_sddmm(a, k, plan, row_max=True)
+        attn = cpu_kernels.plan_softmax(scores, plan, row_max=top)
         ctx.plan = plan
         ctx.save_for_backward(a, k, v, attn)
         return cpu_kernels.plan_spmm(attn, v, plan)  # R x C
@@ -261,7 +262,13 @@ def sampled_attention_rows(
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if cpu_kernels.available(q) and q.dtype == k.dtype == v.dtype == torch.float32:
-        return _PlannedAttention.apply(q * scale, k, v, rows, valid.contiguous(), (heads, per_batch, stride))
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return _PlannedAttention.apply(q * scale, k, v, rows, valid.contiguous(), (heads, per_batch, stride))
+        # no backward: the softmax is made inside the weighted sum, from the scores' row maxima
+        plan = cpu_kernels.plan(rows.contiguous(), valid.contiguous(), k.shape[0], k.shape[1], heads=heads,
+                                per_batch=per_batch, stride=stride)
+        scores, top = cpu_kernels.plan_sddmm((q * scale).contiguous(), k.contiguous(), plan, row_max=True)
+        return cpu_kernels.plan_spmm(scores, v.contiguous(), plan, row_max=top)
     if heads != 1 or stride:
         r = torch.arange(rows.shape[0], device=rows.device)[:, None]
         rows = (rows + (r // (per_batch or rows.shape[0])) * stride) * heads + r % heads
