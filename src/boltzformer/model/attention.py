@@ -215,11 +215,15 @@ class _PlannedAttention(torch.autograd.Function):
     order."""
 
     @staticmethod
+    def plan(k: Tensor, rows: Tensor, valid: Tensor, mapping: tuple) -> cpu_kernels.Plan:
+        heads, per_batch, stride = mapping
+        return cpu_kernels.plan(rows.contiguous(), valid.contiguous(), k.shape[0], k.shape[1], heads=heads,
+                                per_batch=per_batch, stride=stride)
+
+    @staticmethod
     def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor, mapping: tuple) -> Tensor:
         a, k, v = a.contiguous(), k.contiguous(), v.contiguous()
-        heads, per_batch, stride = mapping
-        plan = cpu_kernels.plan(rows.contiguous(), valid, k.shape[0], k.shape[1], heads=heads, per_batch=per_batch,
-                                stride=stride)
+        plan = _PlannedAttention.plan(k, rows, valid, mapping)
         scores, top = cpu_kernels.plan_sddmm(a, k, plan, row_max=True)
         attn = cpu_kernels.plan_softmax(scores, plan, row_max=top)
         ctx.plan = plan
@@ -263,10 +267,9 @@ def sampled_attention_rows(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if cpu_kernels.available(q) and q.dtype == k.dtype == v.dtype == torch.float32:
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return _PlannedAttention.apply(q * scale, k, v, rows, valid.contiguous(), (heads, per_batch, stride))
+            return _PlannedAttention.apply(q * scale, k, v, rows, valid, (heads, per_batch, stride))
         # no backward: the softmax is made inside the weighted sum, from the scores' row maxima
-        plan = cpu_kernels.plan(rows.contiguous(), valid.contiguous(), k.shape[0], k.shape[1], heads=heads,
-                                per_batch=per_batch, stride=stride)
+        plan = _PlannedAttention.plan(k, rows, valid, (heads, per_batch, stride))
         scores, top = cpu_kernels.plan_sddmm((q * scale).contiguous(), k.contiguous(), plan, row_max=True)
         return cpu_kernels.plan_spmm(scores, v.contiguous(), plan, row_max=top)
     if heads != 1 or stride:
