@@ -37,7 +37,7 @@ from torch import Tensor
 
 __all__ = [
     "BLOCK_BYTES", "Plan", "available", "plan", "plan_sddmm", "plan_softmax", "plan_softmax_backward",
-    "plan_spmm", "plan_spmm_t", "weighted_draws",
+    "plan_spmm", "plan_spmm_t", "weighted_draws", "exponentials",
 ]
 
 #: bytes of X per block: a block and the rows of A or of the output it meets stay in a 1.25 MB L2
@@ -502,11 +502,12 @@ void plan_spmm(const float* W, const float* X, const int64_t* off, const int32_t
     free(copies);
 }
 
-/* out[idx[k]] = sum of W[k] A[r] over the draws k of each row of out (M, C); threads split the
-   blocks, so no two write the same row of out, and each zeroes its block just before adding to it
-   (a separate zero fill of out was a pass over memory of its own) */
-void plan_spmm_t(const float* W, const float* A, const int64_t* off, const int32_t* idx, int64_t R, int64_t nb,
-                 int64_t C, int64_t bs, int64_t M, float* out, int threads) {
+/* out[idx[k]] = sum of W[k] A[r] (+ W2[k] A2[r] when W2 is not NULL: two scatters into one output,
+   whose rows are then read and written once, not twice) over the draws k of each row of out (M, C);
+   threads split the blocks, so no two write the same row of out, and each zeroes its block just
+   before adding to it (a separate zero fill of out was a pass over memory of its own) */
+void plan_spmm_t(const float* W, const float* A, const float* W2, const float* A2, const int64_t* off,
+                 const int32_t* idx, int64_t R, int64_t nb, int64_t C, int64_t bs, int64_t M, float* out, int threads) {
     #pragma omp parallel num_threads(threads)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -515,8 +516,19 @@ void plan_spmm_t(const float* W, const float* A, const int64_t* off, const int32
             memset(out + lo * C, 0, sizeof(float) * (size_t)(hi - lo) * C);
             for (int64_t r = 0; r < R; r++) {
                 const float* a = A + r * C;
-                for (int64_t k = off[b * R + r]; k < off[b * R + r + 1]; k++)
-                    if (fabsf(W[k]) > NEGLIGIBLE) axpy(W[k], a, out + (int64_t)idx[k] * C, C);
+                int64_t k0 = off[b * R + r], k1 = off[b * R + r + 1];
+                if (!W2) {
+                    for (int64_t k = k0; k < k1; k++)
+                        if (fabsf(W[k]) > NEGLIGIBLE) axpy(W[k], a, out + (int64_t)idx[k] * C, C);
+                    continue;
+                }
+                const float* a2 = A2 + r * C;
+                for (int64_t k = k0; k < k1; k++) {
+                    float u = fabsf(W[k]) > NEGLIGIBLE ? W[k] : 0.f, v = fabsf(W2[k]) > NEGLIGIBLE ? W2[k] : 0.f;
+                    if (u == 0.f && v == 0.f) continue;
+                    float* y = out + (int64_t)idx[k] * C;
+                    for (int64_t c = 0; c < C; c++) y[c] += u * a[c] + v * a2[c];
+                }
             }
         }
     }
@@ -639,17 +651,58 @@ void plan_softmax_backward(const float* P, const float* dP, const int64_t* off, 
     }
 }
 
+/* Standard exponentials from a counter-based generator, for the draws below.
+
+   torch.rand on CPU is one sequential Mersenne Twister stream (about 7 ns per float64, a third of
+   the sampling's time at 1024 x 1024), and -log(1 - U) then takes two more passes over a float64
+   array of (rows x sets x (n + 1)). Here number i of a call is made from i alone: SplitMix64's
+   output for state seed + (i + 1) * gamma (Steele, Lea & Flood 2014), whose top 24 bits give
+   v = (bits + 1) / 2^24 in (0, 1], then E = -log v (float32, Cephes' polynomial for log, to about
+   1 ulp). The same seed gives the same numbers whatever the number of threads, and gcc vectorises
+   the loop (AVX-512DQ multiplies 64-bit lanes). */
+#define GOLDEN 0x9E3779B97F4A7C15ULL
+static inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+void exponentials(uint64_t seed, uint64_t first, int64_t m, float* out) {
+    for (int64_t i = 0; i < m; i++) {
+        uint32_t bits = (uint32_t)(mix64(seed + (first + (uint64_t)i + 1) * GOLDEN) >> 40) + 1u;  /* 1 .. 2^24 */
+        float v = (float)bits;  /* exact; the 2^-24 scale is added to the exponent below */
+        uint32_t u; memcpy(&u, &v, 4);
+        int e = (int)(u >> 23) - 127 - 24;
+        u = (u & 0x007FFFFFu) | 0x3F800000u;  /* mantissa in [1, 2) */
+        float x; memcpy(&x, &u, 4);
+        int big = x > 1.41421356f;  /* log(x) near 0: x in [sqrt(1/2), sqrt(2)) */
+        x = big ? 0.5f * x : x;
+        float fe = (float)(e + big);
+        x = x - 1.0f;
+        float z = x * x;
+        float y = 7.0376836292e-2f;
+        y = y * x - 1.1514610310e-1f; y = y * x + 1.1676998740e-1f; y = y * x - 1.2420140846e-1f;
+        y = y * x + 1.4249322787e-1f; y = y * x - 1.6668057665e-1f; y = y * x + 2.0000714765e-1f;
+        y = y * x - 2.4999993993e-1f; y = y * x + 3.3333331174e-1f;
+        y = y * x * z - 2.12194440e-4f * fe - 0.5f * z;
+        out[i] = -((x + y) + 0.693359375f * fe);  /* -log v >= 0 */
+    }
+}
+
 /* Sorted draws in one pass per row (sampling._weighted_draws does the same with PyTorch): the row's
    weights W (R, N) (a distribution up to its normalisation) summed into a float64 CDF; for each of
-   k sets, n sorted uniforms from the n + 1 standard exponentials U (R, k, n + 1) (normalised partial
-   sums), scaled to the CDF's total, each mapped to its token by a galloping search from the
-   previous one. idx (R, k, n); valid (R, k, n) false on repeats. work: threads x (N + n + 1). */
-void weighted_draws(const float* W, const double* U, int64_t R, int64_t N, int64_t k, int64_t n,
-                    int64_t* idx, uint8_t* valid, double* work, int threads) {
+   k sets, n sorted uniforms from n + 1 standard exponentials (normalised partial sums), scaled to
+   the CDF's total, each mapped to its token by a search from the previous one. The exponentials are
+   U (R, k, n + 1) when given, else made from seed (see exponentials above; set s of row r uses
+   numbers (r k + s)(n + 1) ..). idx (R, k, n); valid (R, k, n) false on repeats. work: threads x
+   (N + n + 1) float64; fwork: threads x (n + 1) float32. */
+void weighted_draws(const float* W, const double* U, uint64_t seed, int64_t R, int64_t N, int64_t k, int64_t n,
+                    int64_t* idx, uint8_t* valid, double* work, float* fwork, int threads) {
     #pragma omp parallel num_threads(threads)
     {
         double* c = work + (int64_t)omp_get_thread_num() * (N + n + 1);
         double* sums = c + N;
+        float* e = fwork + (int64_t)omp_get_thread_num() * (n + 1);
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < R; r++) {
             const float* w = W + r * N;
@@ -661,9 +714,14 @@ void weighted_draws(const float* W, const double* U, int64_t R, int64_t N, int64
             }
             double total = acc, top = nextafter(total, 0.0);
             for (int64_t set = 0; set < k; set++) {
-                const double* u = U + (r * k + set) * (n + 1);
                 double run = 0.0;
-                for (int64_t i = 0; i <= n; i++) { run += u[i]; sums[i] = run; }
+                if (U) {
+                    const double* u = U + (r * k + set) * (n + 1);
+                    for (int64_t i = 0; i <= n; i++) { run += u[i]; sums[i] = run; }
+                } else {
+                    exponentials(seed, (uint64_t)(r * k + set) * (uint64_t)(n + 1), n + 1, e);
+                    for (int64_t i = 0; i <= n; i++) { run += (double)e[i]; sums[i] = run; }
+                }
                 double recip = 1.0 / run;
                 int64_t* out = idx + (r * k + set) * n;
                 uint8_t* ok = valid + (r * k + set) * n;
@@ -671,7 +729,8 @@ void weighted_draws(const float* W, const double* U, int64_t R, int64_t N, int64
                 for (int64_t i = 0; i < n; i++) {
                     double x = sums[i] * recip * total;
                     if (x > top) x = top;
-                    /* invariant: lo == -1 or c[lo] <= x; find hi with hi == N or c[hi] > x */
+                    /* invariant: lo == -1 or c[lo] <= x; find hi with hi == N or c[hi] > x: a gallop
+                       from the previous draw, then a bisection */
                     int64_t lo = prev < 0 ? -1 : prev - 1, hi = lo + 1, step = 1;
                     while (hi < N && c[hi] <= x) { lo = hi; hi += step; step *= 2; }
                     if (hi > N) hi = N;
@@ -733,10 +792,11 @@ def _build() -> ctypes.CDLL | None:
     dll.plan_fill.argtypes = [p, p, i64, i64, i64, i64, i64, i64, p, p, p, i32]
     dll.plan_sddmm.argtypes = [p, p, p, p, i64, i64, i64, p, p, i32]
     dll.plan_spmm.argtypes = [p, p, p, p, i64, i64, i64, p, p, p, i32]
-    dll.plan_spmm_t.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, i32]
+    dll.plan_spmm_t.argtypes = [p, p, p, p, p, p, i64, i64, i64, i64, i64, p, i32]
     dll.plan_softmax.argtypes = [p, p, i64, i64, p, p, p, i32]
     dll.plan_softmax_backward.argtypes = [p, p, p, i64, i64, p, p, i32]
-    dll.weighted_draws.argtypes = [p, p, i64, i64, i64, i64, p, p, p, i32]
+    dll.weighted_draws.argtypes = [p, p, ctypes.c_uint64, i64, i64, i64, i64, p, p, p, p, i32]
+    dll.exponentials.argtypes = [ctypes.c_uint64, ctypes.c_uint64, i64, p]
     return dll
 
 
@@ -847,25 +907,42 @@ def plan_spmm(W: Tensor, X: Tensor, p: Plan, *, row_max: Tensor | None = None) -
     return out
 
 
-def plan_spmm_t(W: Tensor, A: Tensor, p: Plan) -> Tensor:
-    """(M, C): ``out[idx[k]] += W[k] A[r]``, the transpose of :func:`plan_spmm`."""
+def plan_spmm_t(W: Tensor, A: Tensor, p: Plan, W2: Tensor | None = None, A2: Tensor | None = None) -> Tensor:
+    """(M, C): ``out[idx[k]] += W[k] A[r]``, the transpose of :func:`plan_spmm`; with ``W2`` and
+    ``A2``, ``+= W[k] A[r] + W2[k] A2[r]``, the sum of two such products in one pass."""
     C = A.shape[1]
     out = torch.empty(p.num_rows, C, dtype=torch.float32)  # the kernel zeroes it block by block
-    _lib().plan_spmm_t(_ptr(W), _ptr(A), _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _block(p.channels), p.num_rows,
-                       _ptr(out), _work(p, C))
+    _lib().plan_spmm_t(_ptr(W), _ptr(A), None if W2 is None else _ptr(W2), None if A2 is None else _ptr(A2),
+                       _ptr(p.off), _ptr(p.idx), p.rows, p.blocks, C, _block(p.channels), p.num_rows, _ptr(out),
+                       _work(p, C))
     return out
 
 
-def weighted_draws(weights: Tensor, exponentials: Tensor) -> tuple[Tensor, Tensor]:
-    """Sorted draws for weights (R, N) float32 (a distribution up to normalisation) and standard
-    exponentials (R, k, n + 1) float64: ``(indices, valid)``, int64 and bool (R, k, n). What
-    ``sampling._weighted_draws`` computes with PyTorch, in one pass per row, without its (R, N)
-    and (R, k, n) float64 intermediates."""
+def weighted_draws(weights: Tensor, exponentials: Tensor | None = None, *, sets: int = 1, n: int = 0,
+                   seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Sorted draws for weights (R, N) float32 (a distribution up to normalisation): ``(indices,
+    valid)``, int64 and bool (R, k, n). What ``sampling._weighted_draws`` computes with PyTorch, in
+    one pass per row, without its (R, N) and (R, k, n) float64 intermediates. The standard
+    exponentials behind the draws are ``exponentials`` (R, k, n + 1) float64 when given, else
+    ``sets`` x (n + 1) per row made in the kernel from ``seed`` (see :func:`exponentials`)."""
     R, N = weights.shape
-    k, n = exponentials.shape[1], exponentials.shape[2] - 1
-    threads = _threads(R * (N + k * n) * 4)
-    idx = torch.empty(R, k, n, dtype=torch.int64)
-    valid = torch.empty(R, k, n, dtype=torch.bool)
-    work = torch.empty(max(threads, torch.get_num_threads()), N + n + 1, dtype=torch.float64)
-    _lib().weighted_draws(_ptr(weights), _ptr(exponentials), R, N, k, n, _ptr(idx), _ptr(valid), _ptr(work), threads)
+    if exponentials is not None:
+        sets, n = exponentials.shape[1], exponentials.shape[2] - 1
+    threads = _threads(R * (N + sets * n) * 4)
+    idx = torch.empty(R, sets, n, dtype=torch.int64)
+    valid = torch.empty(R, sets, n, dtype=torch.bool)
+    slots = max(threads, torch.get_num_threads())
+    work = torch.empty(slots, N + n + 1, dtype=torch.float64)
+    fwork = torch.empty(slots, n + 1, dtype=torch.float32)
+    _lib().weighted_draws(_ptr(weights), None if exponentials is None else _ptr(exponentials), seed & (2**64 - 1), R,
+                          N, sets, n, _ptr(idx), _ptr(valid), _ptr(work), _ptr(fwork), threads)
     return idx, valid
+
+
+def exponentials(seed: int, count: int, first: int = 0) -> Tensor:
+    """float32 (count,): numbers ``first .. first + count - 1`` of the kernels' standard exponentials
+    for ``seed`` (SplitMix64 counters, -log of a 24-bit uniform in (0, 1]): what
+    :func:`weighted_draws` uses without ``exponentials``."""
+    out = torch.empty(count, dtype=torch.float32)
+    _lib().exponentials(seed & (2**64 - 1), first, count, _ptr(out))
+    return out

@@ -144,16 +144,23 @@ def _weighted_draws(
     Inverse-CDF sampling: sorted uniforms (see :func:`_sorted_uniforms`) are mapped to the token
     whose interval of the float64 cumulative distribution holds them (``searchsorted``), which gives
     sorted indices directly. ``torch.multinomial`` followed by a sort gives the same distribution at
-    about three times the cost on CPU. The CPU kernel (``cpu_kernels.weighted_draws``) does the
-    same in one pass per row, from the same random numbers: the same draws (tested).
+    about three times the cost on CPU.
+
+    The CPU kernel (``cpu_kernels.weighted_draws``) does the same in one pass per row, and makes
+    its exponentials itself from one seed drawn from ``generator``, with a counter-based generator:
+    PyTorch's CPU ``rand`` is one sequential stream and was a third of the sampling's time. So the
+    same generator state gives the same draws on every run and thread count, but not the same as
+    the PyTorch form (GPU, or no C compiler), whose numbers come from ``torch.rand``. Both map the
+    same exponentials to the same draws, and both draw from the same distribution (tested).
     """
     *lead, N = weights.shape
     w = weights.reshape(-1, N).float().contiguous()
     R, k = w.shape[0], 1 if sets is None else sets
-    spacings = _exponentials((R, k), n, w.device, generator)  # what _sorted_uniforms draws
     if cpu_kernels.available(w):
-        idx, valid = cpu_kernels.weighted_draws(w, spacings)
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))  # in [0, 2^63)
+        idx, valid = cpu_kernels.weighted_draws(w, sets=k, n=n, seed=seed)
     else:
+        spacings = _exponentials((R, k), n, w.device, generator)  # what _sorted_uniforms draws
         cdf = w.to(torch.float64, copy=True)
         cdf.masked_fill_(cdf.sum(-1, keepdim=True) <= 0, 1.0)
         cdf = cdf.cumsum_(-1)  # R x N, in place: no second R x N float64 buffer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pytest
 import torch
 from torch import nn
@@ -67,6 +68,46 @@ def test_sampled_attention_equals_dense_attention_with_the_set_masked_in(ratio, 
         grads.append([x.grad for x in xs] + [attn.in_proj_weight.grad.clone()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # keys made from the values plus a fixed position and a shift shared by every token: the keys'
+    # gradient goes to the values (in one pass with theirs on CPU) and the shift's is zero, as in
+    # the dense form's graph
+    pos = torch.randn(k.shape)
+    grads = []
+    for form in ("sampled", "dense"):
+        attn.zero_grad()
+        qs, vs, shift = q.clone().requires_grad_(), v.clone().requires_grad_(), torch.randn(32).requires_grad_()
+        ks = vs + pos + shift
+        if form == "sampled":
+            out = attn.forward_sampled(qs, ks, vs, indices=idx, valid=valid, keys_from_values=True)
+        else:
+            out = attn(qs, ks, vs, keep=keep)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        grads.append([qs.grad, vs.grad, torch.zeros(32) if shift.grad is None else shift.grad,
+                      attn.in_proj_weight.grad.clone()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_tied_rows_give_the_key_gradient_to_the_values(kernels):
+    """``sampled_attention_rows(tied=True)`` returns k's gradient added to v's, and none for k."""
+    from boltzformer.model.attention import sampled_attention_rows
+
+    g = torch.Generator().manual_seed(3)
+    R, M, n, c = 12, 300, 25, 16
+    rows = torch.sort(torch.randint(M, (R, n), generator=g), -1).values
+    valid = torch.ones(R, n, dtype=torch.bool)
+    valid[:, 1:] = rows[:, 1:] != rows[:, :-1]
+    q, k, v = (torch.randn(m, c, generator=g) for m in (R, M, M))
+    weights = torch.randn(R, c, generator=g)
+    grads = []
+    for tied in (False, True):
+        xs = [t.clone().requires_grad_() for t in (q, k, v)]
+        (sampled_attention_rows(*xs, rows=rows, valid=valid, tied=tied) * weights).sum().backward()
+        grads.append([x.grad for x in xs])
+    (dq, dk, dv), (tq, tk, tv) = grads
+    assert tk is None
+    torch.testing.assert_close(tq, dq)
+    torch.testing.assert_close(tv, dk + dv, atol=1e-6, rtol=1e-5)
 
 
 class _AttentionWork(TorchDispatchMode):
@@ -161,6 +202,11 @@ def test_kernels_equal_pytorch_ops(C, threads, blocks, monkeypatch):
     torch.testing.assert_close(cpu_kernels.plan_spmm_t(w.flatten()[perm], a, plan), scattered, atol=1e-5, rtol=1e-5)
     dp = torch.randn(R, n, generator=g)
     ds = w * (dp - (w * dp).sum(-1, keepdim=True))
+    # two scatters into one output, in one pass (a key's and a value's gradient when they are tied)
+    a2 = torch.randn(R, C, generator=g)
+    scattered2 = scattered.index_add(0, rows.flatten(), (ds.masked_fill(~valid, 0)[..., None] * a2[:, None]).reshape(-1, C))
+    torch.testing.assert_close(cpu_kernels.plan_spmm_t(w.flatten()[perm], a, plan, ds.flatten()[perm], a2), scattered2,
+                               atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cpu_kernels.plan_softmax_backward(w.flatten()[perm], dp.flatten()[perm], plan),
                                ds.flatten()[perm])
 
@@ -181,25 +227,60 @@ def test_plan_maps_token_draws_to_head_rows():
     assert torch.equal(explicit.off, mapped.off) and torch.equal(explicit.idx, mapped.idx)
 
 
-def test_draws_kernel_equals_pytorch():
+def test_draws_kernel_equals_pytorch(monkeypatch):
     if not cpu_kernels.available(torch.zeros(1)):
         pytest.skip("no C compiler: the CPU kernels are not built")
     g = torch.Generator().manual_seed(0)
     R, n, M = 30, 40, 900
-    # draws: the kernel and the PyTorch form give the same draws from the same random numbers,
-    # including for a row without candidates (all zero: uniform) and very peaked rows
-    from boltzformer.sampling import _weighted_draws
+    # draws: the kernel and the PyTorch form map the same exponentials to the same draws, including
+    # for a row without candidates (all zero: uniform) and very peaked rows
+    from boltzformer.sampling import _exponentials, _weighted_draws
 
     weights = torch.rand(R, M, generator=g) ** 8
     weights[1] = 0.0
     weights[2, :-1] = 1e-12
     for sets in (None, 3):
-        kernel = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)
+        k = sets or 1
+        spacings = _exponentials((R, k), n, "cpu", torch.Generator().manual_seed(4))
+        kernel = cpu_kernels.weighted_draws(weights, spacings)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("BOLTZFORMER_CPU_KERNELS", "0")
-            plain = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)
-        assert torch.equal(kernel[0], plain[0]) and torch.equal(kernel[1], plain[1])
+            plain = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)  # the same numbers
+        assert torch.equal(kernel[0].view(plain[0].shape), plain[0]) and torch.equal(kernel[1].view(plain[1].shape), plain[1])
         assert int(kernel[0].max()) < M and bool((kernel[0].diff(dim=-1) >= 0).all())
+        # without given numbers the kernel makes them from a seed: exactly cpu_kernels.exponentials,
+        # whatever the number of threads
+        own = cpu_kernels.exponentials(77, R * k * (n + 1)).double().view(R, k, n + 1)
+        expected = cpu_kernels.weighted_draws(weights, own)
+        for threads in (1, 3):
+            monkeypatch.setattr(cpu_kernels, "_threads", lambda work: threads)
+            seeded = cpu_kernels.weighted_draws(weights, sets=k, n=n, seed=77)
+            assert torch.equal(seeded[0], expected[0]) and torch.equal(seeded[1], expected[1])
+        monkeypatch.undo()
+        # and the sampler seeds it from the generator: the same generator state, the same draws
+        first = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)
+        again = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)
+        other = _weighted_draws(weights, n, torch.Generator().manual_seed(5), sets=sets)
+        assert torch.equal(first[0], again[0]) and not torch.equal(first[0], other[0])
+
+
+def test_kernel_exponentials_are_standard_exponentials():
+    """The kernels' own random numbers (SplitMix64 counters, -log of a 24-bit uniform): mean 1,
+    P(E > t) = exp(-t), no correlation between neighbours, to within 4.5 standard errors of 2^20
+    draws; and number i depends on i alone."""
+    if not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("no C compiler: the CPU kernels are not built")
+    m = 1 << 20
+    e = cpu_kernels.exponentials(2024, m).double()
+    assert bool((e >= 0).all()) and float(e.max()) < 17.0  # -log(2^-24) = 16.6
+    assert abs(float(e.mean()) - 1.0) < 4.5 / m**0.5  # variance 1
+    for t in (0.1, 1.0, 3.0, 8.0):
+        p = math.exp(-t)
+        assert abs(float((e > t).double().mean()) - p) < 4.5 * (p * (1 - p) / m) ** 0.5, t
+    corr = float(((e[1:] - 1) * (e[:-1] - 1)).mean())
+    assert abs(corr) < 4.5 / m**0.5
+    assert torch.equal(cpu_kernels.exponentials(2024, 100, first=500), e[500:600].float())
+    assert not torch.equal(cpu_kernels.exponentials(2025, 100), e[:100].float())
 
 
 def test_plan_refuses_keys_beyond_int32():

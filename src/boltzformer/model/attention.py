@@ -98,7 +98,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward_sampled(
         self, query: Tensor, key: Tensor, value: Tensor, *, indices: Tensor, valid: Tensor,
-        value_shift: Tensor | None = None,
+        value_shift: Tensor | None = None, keys_from_values: bool = False,
     ) -> Tensor:
         """Attention of each (batch, head, query) over the keys at ``indices`` only.
 
@@ -111,6 +111,10 @@ class MultiHeadAttention(nn.Module):
             value_shift: optional (C,) added to every value row before its projection, without
                 materialising ``value + value_shift`` (a decoder's level embedding): the attention
                 weights sum to 1, so it adds ``W_v value_shift`` to every output.
+            keys_from_values: ``key`` is ``value`` plus terms whose gradient through it is not wanted
+                (fixed positions) or is zero (a shift shared by every token cancels in the softmax):
+                key's gradient is then added to value's and not passed to ``key``. With the CPU
+                kernels and folded projections the two are made in one pass over the value rows.
 
         Returns:
             (B, Q, C), equal to :meth:`forward` with ``keep`` the set of valid indices (and value
@@ -142,7 +146,7 @@ class MultiHeadAttention(nn.Module):
             # the kernels read float32 (under bf16 autocast the maps may be bfloat16)
             mixed = sampled_attention_rows(
                 folded.float(), key.reshape(B * N, C).float(), value.reshape(B * N, C).float(), rows=draws,
-                valid=valid, scale=d**-0.5, per_batch=Q * H, stride=N,
+                valid=valid, scale=d**-0.5, per_batch=Q * H, stride=N, tied=keys_from_values,
             )
             if value_shift is not None:
                 mixed = mixed + value_shift
@@ -153,6 +157,8 @@ class MultiHeadAttention(nn.Module):
         k = F.linear(key, w[C : 2 * C], b[C : 2 * C]).reshape(B * N * H, d)
         bv = b[2 * C :] if value_shift is None else b[2 * C :] + w[2 * C :] @ value_shift
         v = F.linear(value, w[2 * C :], bv).reshape(B * N * H, d)
+        # projected keys and values are not tied (their projections differ): the caller's graph adds
+        # key's gradient to value's
         out = sampled_attention_rows(q.reshape(B * Q * H, d), k, v, rows=draws, valid=valid, heads=H, per_batch=Q * H,
                                      stride=N)
         return self.out_proj(out.view(B, Q, C))  # (B*Q*H) x d -> B x Q x C
@@ -191,9 +197,10 @@ class _SampledAttention(torch.autograd.Function):
     sparse operations on the row-major draws."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor) -> Tensor:
+    def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor, tied: bool) -> Tensor:
         scores = _sddmm(a, k, rows)  # R x n
         attn = torch.softmax(scores.masked_fill_(~valid, float("-inf")), dim=-1)
+        ctx.tied = tied
         ctx.save_for_backward(a, k, v, rows, attn)
         return _spmm(attn, v, rows)  # R x C
 
@@ -204,9 +211,12 @@ class _SampledAttention(torch.autograd.Function):
         dattn = _sddmm(grad, v, rows)
         dscores = attn * (dattn - (attn * dattn).sum(-1, keepdim=True))  # softmax backward
         da = _spmm(dscores, k, rows) if ctx.needs_input_grad[0] else None
+        if ctx.tied:  # key's gradient goes to value
+            dv = _spmm_t(dscores, a, rows, k) + _spmm_t(attn, grad, rows, v) if ctx.needs_input_grad[2] else None
+            return da, None, dv, None, None, None
         dk = _spmm_t(dscores, a, rows, k) if ctx.needs_input_grad[1] else None
         dv = _spmm_t(attn, grad, rows, v) if ctx.needs_input_grad[2] else None
-        return da, dk, dv, None, None
+        return da, dk, dv, None, None, None
 
 
 class _PlannedAttention(torch.autograd.Function):
@@ -221,9 +231,10 @@ class _PlannedAttention(torch.autograd.Function):
                                 per_batch=per_batch, stride=stride)
 
     @staticmethod
-    def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor, mapping: tuple) -> Tensor:
+    def forward(ctx, a: Tensor, k: Tensor, v: Tensor, rows: Tensor, valid: Tensor, mapping: tuple, tied: bool) -> Tensor:
         a, k, v = a.contiguous(), k.contiguous(), v.contiguous()
         plan = _PlannedAttention.plan(k, rows, valid, mapping)
+        ctx.tied = tied
         scores, top = cpu_kernels.plan_sddmm(a, k, plan, row_max=True)
         attn = cpu_kernels.plan_softmax(scores, plan, row_max=top)
         ctx.plan = plan
@@ -237,14 +248,17 @@ class _PlannedAttention(torch.autograd.Function):
         grad = grad.contiguous()
         dscores = cpu_kernels.plan_softmax_backward(attn, cpu_kernels.plan_sddmm(grad, v, plan), plan)
         da = cpu_kernels.plan_spmm(dscores, k, plan) if ctx.needs_input_grad[0] else None
+        if ctx.tied:  # key's gradient goes to value: both scatters in one pass over value's rows
+            dv = cpu_kernels.plan_spmm_t(dscores, a, plan, attn, grad) if ctx.needs_input_grad[2] else None
+            return da, None, dv, None, None, None, None
         dk = cpu_kernels.plan_spmm_t(dscores, a, plan) if ctx.needs_input_grad[1] else None
         dv = cpu_kernels.plan_spmm_t(attn, grad, plan) if ctx.needs_input_grad[2] else None
-        return da, dk, dv, None, None, None
+        return da, dk, dv, None, None, None, None
 
 
 def sampled_attention_rows(
     q: Tensor, k: Tensor, v: Tensor, *, rows: Tensor, valid: Tensor, scale: float | None = None,
-    heads: int = 1, per_batch: int | None = None, stride: int = 0,
+    heads: int = 1, per_batch: int | None = None, stride: int = 0, tied: bool = False,
 ) -> Tensor:
     """Scaled dot-product attention of each row of ``q`` over the rows of ``k``/``v`` it drew.
 
@@ -259,6 +273,8 @@ def sampled_attention_rows(
             reading the row ``(rows[r, t] + (r // per_batch) * stride) * heads + r % heads`` of k and
             v: a decoder's draws for keys laid out as (batch x tokens x heads) rows of one head's
             channels, without forming that (R, n) array. By default the rows themselves.
+        tied: k's gradient is added to v's and not returned to k (k is v plus terms whose gradient
+            through it is not wanted; see :meth:`MultiHeadAttention.forward_sampled`).
 
     Returns:
         (R, c). Cost O(R n c); the only saved activations of its own are the (R, n) weights and
@@ -267,7 +283,7 @@ def sampled_attention_rows(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if cpu_kernels.available(q) and q.dtype == k.dtype == v.dtype == torch.float32:
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return _PlannedAttention.apply(q * scale, k, v, rows, valid, (heads, per_batch, stride))
+            return _PlannedAttention.apply(q * scale, k, v, rows, valid, (heads, per_batch, stride), tied)
         # no backward: the softmax is made inside the weighted sum, from the scores' row maxima
         plan = _PlannedAttention.plan(k, rows, valid, (heads, per_batch, stride))
         scores, top = cpu_kernels.plan_sddmm((q * scale).contiguous(), k.contiguous(), plan, row_max=True)
@@ -275,7 +291,7 @@ def sampled_attention_rows(
     if heads != 1 or stride:
         r = torch.arange(rows.shape[0], device=rows.device)[:, None]
         rows = (rows + (r // (per_batch or rows.shape[0])) * stride) * heads + r % heads
-    return _SampledAttention.apply(q * scale, k, v, rows, valid)
+    return _SampledAttention.apply(q * scale, k, v, rows, valid, tied)
 
 
 def sampled_attention(q: Tensor, k: Tensor, v: Tensor, *, indices: Tensor, valid: Tensor) -> Tensor:

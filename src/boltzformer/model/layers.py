@@ -55,15 +55,18 @@ class CrossAttentionLayer(nn.Module):
         valid: Tensor | None = None,
         memory_pos: Tensor | None = None,
         value_shift: Tensor | None = None,
+        keys_from_values: bool = False,
     ) -> Tensor:
         """``memory_pos``: the keys' input ``memory + pos`` computed by the caller (a decoder reuses it
         over layers). ``value_shift``: (C,) the values are ``memory + value_shift`` (a level embedding
-        that the sampled form adds without a copy of ``memory``)."""
+        that the sampled form adds without a copy of ``memory``). ``keys_from_values``: the sampled
+        form may give the keys' gradient to ``memory`` (the position needs none; see
+        :meth:`MultiHeadAttention.forward_sampled`)."""
         q = _with_pos(x, query_pos)
         k = memory_pos if memory_pos is not None else _with_pos(memory, pos)
         if indices is not None:
             out = self.multihead_attn.forward_sampled(
-                q, k, memory, indices=indices, valid=valid, value_shift=value_shift
+                q, k, memory, indices=indices, valid=valid, value_shift=value_shift, keys_from_values=keys_from_values
             )
         else:
             value = memory if value_shift is None else memory + value_shift
