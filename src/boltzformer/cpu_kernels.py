@@ -910,6 +910,8 @@ def plan_spmm(W: Tensor, X: Tensor, p: Plan, *, row_max: Tensor | None = None) -
 def plan_spmm_t(W: Tensor, A: Tensor, p: Plan, W2: Tensor | None = None, A2: Tensor | None = None) -> Tensor:
     """(M, C): ``out[idx[k]] += W[k] A[r]``, the transpose of :func:`plan_spmm`; with ``W2`` and
     ``A2``, ``+= W[k] A[r] + W2[k] A2[r]``, the sum of two such products in one pass."""
+    if (W2 is None) != (A2 is None):
+        raise ValueError("plan_spmm_t: give both W2 and A2, or neither")
     C = A.shape[1]
     out = torch.empty(p.num_rows, C, dtype=torch.float32)  # the kernel zeroes it block by block
     _lib().plan_spmm_t(_ptr(W), _ptr(A), None if W2 is None else _ptr(W2), None if A2 is None else _ptr(A2),
@@ -928,6 +930,8 @@ def weighted_draws(weights: Tensor, exponentials: Tensor | None = None, *, sets:
     R, N = weights.shape
     if exponentials is not None:
         sets, n = exponentials.shape[1], exponentials.shape[2] - 1
+    elif sets < 1 or n < 1:
+        raise ValueError(f"weighted_draws: without exponentials, sets and n must be >= 1, got sets={sets}, n={n}")
     threads = _threads(R * (N + sets * n) * 4)
     idx = torch.empty(R, sets, n, dtype=torch.int64)
     valid = torch.empty(R, sets, n, dtype=torch.bool)

@@ -207,6 +207,8 @@ def test_kernels_equal_pytorch_ops(C, threads, blocks, monkeypatch):
     scattered2 = scattered.index_add(0, rows.flatten(), (ds.masked_fill(~valid, 0)[..., None] * a2[:, None]).reshape(-1, C))
     torch.testing.assert_close(cpu_kernels.plan_spmm_t(w.flatten()[perm], a, plan, ds.flatten()[perm], a2), scattered2,
                                atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="both W2 and A2"):
+        cpu_kernels.plan_spmm_t(w.flatten()[perm], a, plan, ds.flatten()[perm])
     torch.testing.assert_close(cpu_kernels.plan_softmax_backward(w.flatten()[perm], dp.flatten()[perm], plan),
                                ds.flatten()[perm])
 
@@ -262,6 +264,8 @@ def test_draws_kernel_equals_pytorch(monkeypatch):
         again = _weighted_draws(weights, n, torch.Generator().manual_seed(4), sets=sets)
         other = _weighted_draws(weights, n, torch.Generator().manual_seed(5), sets=sets)
         assert torch.equal(first[0], again[0]) and not torch.equal(first[0], other[0])
+    with pytest.raises(ValueError, match="sets and n must be >= 1"):
+        cpu_kernels.weighted_draws(weights, seed=1)  # no numbers given and none asked for
 
 
 def test_kernel_exponentials_are_standard_exponentials():
