@@ -204,3 +204,15 @@ def test_whole_model_matches_the_official_code_with_non_constant_weights(golden_
         torch.testing.assert_close(ours[..., -32:, -32:], torch.from_numpy(data[f"{name}_corner32"]), atol=atol, rtol=0)
         mean = ours.double().mean(dim=(-2, -1)).flatten()
         torch.testing.assert_close(mean, torch.from_numpy(data[f"{name}_chan_mean"]).double(), atol=atol, rtol=0)
+
+
+def test_own_checkpoint_is_refused_by_a_model_with_another_tokenizer(tmp_path, clip_tokenizer):
+    sizes = {"num_layers": 2, "num_queries": 4, "text.vocab_size": 49408}
+    torch.manual_seed(0)
+    hashed = boltzformer.build_model("tiny", **sizes)
+    boltzformer.save_checkpoint(hashed, tmp_path / "hash.ckpt")
+    clip = boltzformer.build_model("tiny", **sizes, **{"text.tokenizer": "clip"})
+    with pytest.raises(CheckpointError, match=r"hash.ckpt: its text weights were trained on 'hash' tokenizer ids but the model's text tokenizer is 'clip'"):
+        load_pretrained(clip, tmp_path / "hash.ckpt")
+    report = load_pretrained(hashed, tmp_path / "hash.ckpt")
+    assert report.tokenizer == "hash" and report.missing == {} and "text tokenizer: hash" in report.summary()

@@ -189,7 +189,10 @@ def detect_kind(state: Mapping[str, Tensor], container: Mapping) -> str:
 
 
 def model_tokenizer(model: nn.Module) -> str:
-    """The name of the model's text tokenizer: "hash", "clip", or the text encoder's class name."""
+    """The name of the model's text tokenizer: "hash", "clip", or "hf:<model>" for a HuggingFace text encoder."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and cfg.text.hf_model:
+        return f"hf:{cfg.text.hf_model}"
     encoder = getattr(model, "text_encoder", None)
     return getattr(getattr(encoder, "tokenizer", None), "name", type(encoder).__name__)
 
@@ -199,7 +202,9 @@ def _check_tokenizer(path, kind: str, state: Mapping[str, Tensor], container: Ma
     if kind == "official":
         expected = "clip" if any((map_official_key(k.removeprefix("model.")) or "").startswith("text_encoder.") for k in state) else None
     elif kind == "boltzformer":
-        expected = container.get("boltzformer", {}).get("model_config", {}).get("text", {}).get("tokenizer", "hash")
+        text = container.get("boltzformer", {}).get("model_config", {}).get("text", {})
+        # a HuggingFace text encoder brings its own tokenizer: its weights are matched by the key check
+        expected = None if text.get("hf_model") or tokenizer.startswith("hf:") else text.get("tokenizer", "hash")
     else:  # SAM2 and X-Decoder files hold no text weights this model loads
         expected = None
     if expected is not None and expected != tokenizer:
