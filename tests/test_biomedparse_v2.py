@@ -39,6 +39,7 @@ def test_preset_is_the_released_configuration():
     cfg = boltzformer.get_preset("biomedparse-v2")
     assert (cfg.decoder.num_queries, cfg.edge_queries, cfg.decoder.existence, cfg.pigma) == (16, 4, True, False)
     assert cfg.text.tokenizer == "clip" and cfg.image_size == 512 and cfg.volume_context == "2.5d" and cfg.prompt_overlap == "nms"
+    assert cfg.pad == "center"
     assert cfg.pixel_mean == pytest.approx((114.495,) * 3) and cfg.pixel_std == pytest.approx((57.63,) * 3)
     assert [boltzformer.get_preset(p).text.tokenizer for p in ("tiny", "hiera-s", "hiera-bp", "focal-l")] == ["hash"] + ["clip"] * 3
     with pytest.raises(ValueError, match="edge_queries needs pigma=False"):

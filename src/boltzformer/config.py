@@ -122,6 +122,7 @@ class ModelConfig:
     # several prompts on one volume: "independent" masks, or "nms" (BiomedParse v2): per slice, NMS
     # across prompts (IoU 0.5, by existence), then each voxel to the most probable prompt above 0.5
     prompt_overlap: str = "independent"
+    pad: str = "corner"  # inference: pad to a square at the bottom and right ("corner") or both sides ("center", BiomedParse v2)
 
     def validate(self) -> "ModelConfig":
         if self.image_size < 32 or self.image_size % 32:
@@ -159,7 +160,8 @@ class ModelConfig:
             raise ValueError(f"edge_queries must be in [0, decoder.num_queries), got {self.edge_queries}")
         if self.edge_queries and self.pigma:
             raise ValueError("edge_queries needs pigma=False (BiomedParse v2 averages the other queries at stride 4)")
-        for name, options in (("volume_context", ("2d", "2.5d")), ("prompt_overlap", ("independent", "nms"))):
+        for name, options in (("volume_context", ("2d", "2.5d")), ("prompt_overlap", ("independent", "nms")),
+                              ("pad", ("corner", "center"))):
             if getattr(self, name) not in options:
                 raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
         return self
@@ -220,8 +222,8 @@ def _biomedparse_v2() -> ModelConfig:
     """BiomedParse v2's 3D model (microsoft/BiomedParse ``configs/model/biomedparse_3D.yaml`` at f571d5cc,
     ``src/model/biomedparse_3D.py``): focal-l with the existence head, 16 queries with the last 4 as edge
     queries, ``convolute_outputs: False`` (no PiGMA: masks at stride 4), ``gray_scale`` normalisation (the
-    ImageNet means and stds averaged: 114.495 / 57.63), 512 x 512 input. Volumes: 2.5D slices, NMS across
-    prompts. The decoder sizes are the reconstructed ones of ``official-layouts/biomedparse_v2_3d.json``."""
+    ImageNet means and stds averaged: 114.495 / 57.63), 512 x 512 input zero-padded equally on both sides.
+    Volumes: 2.5D slices, NMS across prompts. The decoder sizes are the reconstructed ones of ``official-layouts/biomedparse_v2_3d.json``."""
     cfg = _paper_size("biomedparse-v2", BackboneConfig(name="focalnet", variant="l"))
     cfg.image_size = 512
     cfg.decoder.num_queries = 16
@@ -232,6 +234,7 @@ def _biomedparse_v2() -> ModelConfig:
     cfg.pixel_mean, cfg.pixel_std = (grey_mean,) * 3, (grey_std,) * 3
     cfg.volume_context = "2.5d"
     cfg.prompt_overlap = "nms"
+    cfg.pad = "center"  # its utils.py pad_and_resize: "pad to square with equal padding on both sides"
     return cfg
 
 

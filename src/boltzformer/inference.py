@@ -29,7 +29,7 @@ import torch
 
 from boltzformer.model import BoltzFormer
 from boltzformer.model.text import check_prompts
-from boltzformer.transforms import from_model_output, image_to_tensor, to_model_input
+from boltzformer.transforms import from_model_output, image_to_tensor, pads_center, to_model_input
 
 __all__ = ["FileResult", "PromptResult", "SummaryRow", "find_inputs", "prompt_slug", "run_batch", "segment_file", "segment_volume", "summary_table"]
 
@@ -133,7 +133,7 @@ def segment_volume(
     existence = np.ones((len(prompts), D), dtype=np.float32) if model.decoder.existence is not None else None
     for b, start in enumerate(range(0, D, batch_size)):
         idx = range(start, min(D, start + batch_size))
-        inputs, geoms = zip(*(to_model_input(image_to_tensor(slices[d]), size) for d in idx))
+        inputs, geoms = zip(*(to_model_input(image_to_tensor(slices[d]), size, center=pads_center(model)) for d in idx))
         features = model.encode_image(torch.stack(inputs).to(model.device))
         for p, prompt in enumerate(prompts):
             generator = torch.Generator(device=model.device).manual_seed(_mix(seed, b, p))
