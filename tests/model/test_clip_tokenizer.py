@@ -122,8 +122,11 @@ def test_padding_truncation_and_empty_prompts_as_the_official_code(clip_tokenize
     assert ids[3, :2].tolist() == [49406, 49407] and mask[3].sum() == 2
 
 
-def test_missing_tokenizer_is_one_clear_error(tmp_path, monkeypatch):
+def test_missing_tokenizer_is_one_clear_error(tmp_path, monkeypatch, clip_tokenizer_folder):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if clip_tokenizer_folder:  # a folder recorded on another machine: the variable's folder is used instead
+        assert len(load_clip_tokenizer(str(tmp_path / "gone"))) == 49408
+    monkeypatch.delenv("BOLTZFORMER_CLIP_TOKENIZER", raising=False)
     with pytest.raises(ValueError, match=r"could not be loaded offline.*text.tokenizer_path=DIR.*build_clip_tokenizer_folder"):
         load_clip_tokenizer(str(tmp_path / "no-such-folder"))
     (tmp_path / "file").write_text("x")

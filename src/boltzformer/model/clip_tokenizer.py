@@ -9,8 +9,8 @@ CLIP tokenizer loaded from an OpenAI CLIP hub id (microsoft/BoltzFormer
 and calls it the same way: start id 49406, end id 49407, padding with 49407 up to 77 tokens,
 attention mask 0 on the padding (which the model never attends), truncation that keeps the end token.
 
-Where the tokenizer files come from (:func:`load_clip_tokenizer`), in order: ``text.tokenizer_path``
-(a local folder or a hub id), else ``$BOLTZFORMER_CLIP_TOKENIZER``, else the hub id above. Local files
+Where the tokenizer files come from (:func:`load_clip_tokenizer`), the first that loads of:
+``text.tokenizer_path`` (a local folder or a hub id), ``$BOLTZFORMER_CLIP_TOKENIZER``, the hub id above. Local files
 and the HuggingFace cache are tried first; the network only when ``HF_HUB_OFFLINE`` is not set.
 Without internet, :func:`build_clip_tokenizer_folder` makes the folder from CLIP's
 ``bpe_simple_vocab_16e6.txt.gz`` (shipped with OpenAI's ``clip`` and ``open-clip-torch``).
@@ -88,39 +88,43 @@ def build_clip_tokenizer_folder(bpe_gz: str | os.PathLike, out: str | os.PathLik
 
 
 def load_clip_tokenizer(path: str | None = None):
-    """The ``CLIPTokenizerFast`` from ``path`` (folder or hub id), ``$BOLTZFORMER_CLIP_TOKENIZER`` or
-    the OpenAI hub id, local files first. Cached per source.
+    """The ``CLIPTokenizerFast`` from the first source that loads: ``path`` (folder or hub id), then
+    ``$BOLTZFORMER_CLIP_TOKENIZER``, then the OpenAI hub id; local files first. Cached per sources, so
+    a checkpoint that recorded a folder of another machine still loads where the variable is set.
 
     Raises:
-        ValueError: no tokenizer could be loaded; the message says the three ways to get one.
+        ValueError: no tokenizer could be loaded (the message says the three ways to get one), ``path``
+            is a file, or a source holds another tokenizer than CLIP's.
     """
-    return _load(path or os.environ.get(CLIP_ENV_VAR) or CLIP_HUB_ID)
+    sources = [path, os.environ.get(CLIP_ENV_VAR), CLIP_HUB_ID]
+    return _load(tuple(dict.fromkeys(s for s in sources if s)))
 
 
 @functools.lru_cache(maxsize=4)
-def _load(source: str):
+def _load(sources: tuple[str, ...]):
     try:
         from transformers import CLIPTokenizerFast
     except ImportError:  # pragma: no cover - depends on the environment
         raise ValueError("the CLIP tokenizer needs transformers: pip install 'boltzformer[hf]'") from None
-    local = Path(source).expanduser()
-    if local.exists() and not local.is_dir():
-        raise ValueError(f"text.tokenizer_path {source!r} is a file; expected a tokenizer folder or a hub id")
-    tries = [True] if local.is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") else [True, False]
-    reason = "not found"
-    for local_only in tries:
-        try:
-            tok = CLIPTokenizerFast.from_pretrained(str(local) if local.is_dir() else source, local_files_only=local_only)
-        except (OSError, ValueError) as exc:
-            reason = str(exc).splitlines()[0][:160]
-            continue
-        if len(tok) != VOCAB_SIZE or tok.bos_token_id != 49406 or tok.eos_token_id != 49407:
-            raise ValueError(f"text.tokenizer_path {source!r}: not CLIP's BPE tokenizer ({len(tok)} tokens, start id "
-                             f"{tok.bos_token_id}, end id {tok.eos_token_id}; expected 49408, 49406, 49407)")
-        return tok
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    reasons = []
+    for source in sources:
+        local = Path(source).expanduser()
+        if local.exists() and not local.is_dir():
+            raise ValueError(f"text.tokenizer_path {source!r} is a file; expected a tokenizer folder or a hub id")
+        for local_only in [True] if local.is_dir() or offline else [True, False]:
+            try:
+                tok = CLIPTokenizerFast.from_pretrained(str(local) if local.is_dir() else source, local_files_only=local_only)
+            except (OSError, ValueError) as exc:
+                reasons.append(f"{source!r}: {str(exc).splitlines()[0][:120]}")
+                continue
+            if len(tok) != VOCAB_SIZE or tok.bos_token_id != 49406 or tok.eos_token_id != 49407:
+                raise ValueError(f"text.tokenizer_path {source!r}: not CLIP's BPE tokenizer ({len(tok)} tokens, start id "
+                                 f"{tok.bos_token_id}, end id {tok.eos_token_id}; expected 49408, 49406, 49407)")
+            return tok
     raise ValueError(
-        f"the CLIP tokenizer {source!r} could not be loaded offline ({reason}). Get it one of three ways: with "
-        f"internet, unset HF_HUB_OFFLINE to download {CLIP_HUB_ID!r}; or point --set text.tokenizer_path=DIR (or "
+        f"the CLIP tokenizer could not be loaded offline (tried {'; '.join(reasons)}). Get it one of three ways: "
+        f"with internet, unset HF_HUB_OFFLINE to download {CLIP_HUB_ID!r}; or point --set text.tokenizer_path=DIR (or "
         f"${CLIP_ENV_VAR}) at a folder saved with CLIPTokenizerFast.save_pretrained; or build that folder from "
         f"CLIP's bpe_simple_vocab_16e6.txt.gz with boltzformer.model.clip_tokenizer.build_clip_tokenizer_folder"
     )
