@@ -112,11 +112,17 @@ def _load(sources: tuple[str, ...]):
         local = Path(source).expanduser()
         if local.exists() and not local.is_dir():
             raise ValueError(f"text.tokenizer_path {source!r} is a file; expected a tokenizer folder or a hub id")
+        if not local.exists() and (source.startswith((".", "~", os.sep)) or source.count("/") > 1):
+            reasons.append(f"{source!r}: no such folder")
+            continue
         for local_only in [True] if local.is_dir() or offline else [True, False]:
             try:
                 tok = CLIPTokenizerFast.from_pretrained(str(local) if local.is_dir() else source, local_files_only=local_only)
             except (OSError, ValueError) as exc:
                 reasons.append(f"{source!r}: {str(exc).splitlines()[0][:120]}")
+                continue
+            if len(tok) <= 3:  # transformers 5 builds an empty tokenizer (its 3 special tokens) when no file is found
+                reasons.append(f"{source!r}: no tokenizer files")
                 continue
             if len(tok) != VOCAB_SIZE or tok.bos_token_id != 49406 or tok.eos_token_id != 49407:
                 raise ValueError(f"text.tokenizer_path {source!r}: not CLIP's BPE tokenizer ({len(tok)} tokens, start id "
