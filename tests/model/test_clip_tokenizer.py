@@ -136,3 +136,16 @@ def test_missing_tokenizer_is_one_clear_error(tmp_path, monkeypatch, clip_tokeni
 
     with pytest.raises(ValueError, match="bpe_gz: .* does not exist"):
         build_clip_tokenizer_folder(tmp_path / "none.txt.gz", tmp_path / "out")
+
+
+def test_cli_without_a_tokenizer_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    from boltzformer.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("BOLTZFORMER_CLIP_TOKENIZER", raising=False)
+    weights = tmp_path / "w.pt"
+    torch.save({"x": torch.zeros(1)}, weights)
+    assert main(["convert", "--preset", "hiera-s", "--weights", str(weights), "--out", str(tmp_path / "o.ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not be loaded offline" in err and "text.tokenizer_path=DIR" in err
+    assert not (tmp_path / "o.ckpt").exists()

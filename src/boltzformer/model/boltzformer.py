@@ -234,8 +234,14 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         cfg = apply_overrides(preset, overrides)
     else:
         cfg = get_preset(preset, **overrides)
+    tc = cfg.text
+    tokenizer = None  # the hash tokenizer
+    if tc.tokenizer == "clip" and not tc.hf_model:  # first: a missing tokenizer fails before any weight is made
+        from boltzformer.model.clip_tokenizer import ClipTokenizer
+
+        tokenizer = ClipTokenizer(path=tc.tokenizer_path, context_length=tc.context_length)
     backbone = _build_backbone(cfg)
-    pd, dc, tc = cfg.pixel_decoder, cfg.decoder, cfg.text
+    pd, dc = cfg.pixel_decoder, cfg.decoder
     pixel_decoder = PixelDecoder(
         in_channels=tuple(backbone.out_channels),
         conv_dim=pd.conv_dim,
@@ -250,11 +256,6 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
 
         text_encoder: TextEncoder = HFTextEncoder(name_or_path=tc.hf_model, out_dim=dc.hidden_dim, max_length=tc.hf_max_length)
     else:
-        tokenizer = None  # the hash tokenizer
-        if tc.tokenizer == "clip":
-            from boltzformer.model.clip_tokenizer import ClipTokenizer
-
-            tokenizer = ClipTokenizer(path=tc.tokenizer_path, context_length=tc.context_length)
         text_encoder = BuiltinTextEncoder(
             out_dim=dc.hidden_dim,
             vocab_size=tc.vocab_size,
