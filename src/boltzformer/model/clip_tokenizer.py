@@ -82,7 +82,8 @@ def build_clip_tokenizer_folder(bpe_gz: str | os.PathLike, out: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
-    tok = CLIPTokenizerFast(vocab=ids, merges=merges, model_max_length=CONTEXT_LENGTH)
+    # the two files, positionally: transformers 5 names them vocab / merges, 4.x vocab_file / merges_file
+    tok = CLIPTokenizerFast(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=CONTEXT_LENGTH)
     tok.save_pretrained(str(out))
     return out
 
