@@ -8,7 +8,7 @@ and the others still run; the JSON is rewritten after every section):
   sampled attention equals dense attention with the same sets (values and gradients, fp32);
   bf16 autocast against fp32 with the same sets, within stated tolerances; the same seed gives the
   same sets and logits twice; no host synchronisation inside the forward pass
-  (``torch.cuda.set_sync_debug_mode("error")``) for the image encoder, decoder and PiGMA.
+  (``torch.cuda.set_sync_debug_mode("error")``) for the whole model.
 - ``inference``: images per second in bf16 at batch 1/8/32 (hiera-s and focal-l at 1024).
 - ``train``: one training step (forward, backward, AdamW step, bf16 autocast): time and peak
   memory, ours (``decoder_impl="efficient"``) against the reference formulation.
@@ -195,13 +195,11 @@ def section_tests(args, device) -> list[dict]:
         agree = float(((low.logits > 0) == (a.logits > 0)).double().mean())
         check(f"bf16 vs fp32 {preset} masks (own draws)", agree > 0.98, agree, "pixels agreeing > 0.98")
         if device.type == "cuda":
-            text = model.text_encoder(["nodule"], device)
+            g = gen()
             try:
                 torch.cuda.set_sync_debug_mode("error")
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    feats = model.encode_image(x)
-                    out = model.decoder(feats.multi_scale, feats.mask_features, text, generator=gen())
-                    model.pigma(out.query_logits, feats.image)
+                    model(x, ["nodule"], generator=g)  # text encoder, image encoder, decoder, PiGMA
                 error = None
             except RuntimeError as e:
                 error = str(e).splitlines()[0]

@@ -138,8 +138,8 @@ class MultiHeadAttention(nn.Module):
         idx = indices.transpose(1, 2)  # B x Q x H x n
         n = idx.shape[-1]
         valid = valid.transpose(1, 2).reshape(B * Q * H, n)
-        if query.is_cuda and not triton_usable(query):
-            # no Triton: PyTorch's fused attention with the set as a mask (O(Q N d), no host sync)
+        if _masked_fallback(query):
+            # CUDA without Triton: PyTorch's fused attention with the set as a mask (O(Q N d), no host sync)
             keep = torch.zeros((B, H, Q, N), dtype=torch.bool, device=query.device).scatter_(-1, indices, True)
             return self(query, key, value if value_shift is None else value + value_shift, keep=keep)
         q = F.linear(query, w[:C], b[:C]).view(B, Q, H, d)
@@ -168,6 +168,13 @@ class MultiHeadAttention(nn.Module):
         out = sampled_attention_rows(q.reshape(B * Q * H, d), k, v, rows=draws, valid=valid, heads=H, per_batch=Q * H,
                                      stride=N)
         return self.out_proj(out.view(B, Q, C))  # (B*Q*H) x d -> B x Q x C
+
+
+def _masked_fallback(query: Tensor) -> bool:
+    """CUDA tensors without Triton (or ``BOLTZFORMER_TRITON=0``): the sampled form is dense
+    attention with the set as a mask, PyTorch's fused kernels being faster there than its sparse
+    operations (which also synchronise with the host)."""
+    return query.is_cuda and not triton_usable(query)
 
 
 def _fold(query: Tensor, draws: int, N: int, C: int, d: int) -> bool:
