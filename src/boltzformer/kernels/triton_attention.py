@@ -18,8 +18,8 @@ What :mod:`boltzformer.cpu_kernels` does on the CPU, written for a GPU:
 Unlike the CPU kernels there is no block plan: a plan's size is the number of valid draws, known
 only after reading ``valid`` (a host synchronisation and a data-dependent shape), and the point of
 the plan, keeping the rows of X that a stretch of draws reads in cache, is served on a GPU by its
-L2 (50 MB on an H100), which holds a whole level's feature map (16,384 tokens x 256 channels in
-bf16 is 8 MB). Rows are walked in the draws' own (ascending) order. Inputs may be float32 or
+L2 (50 MB on an H100), which holds a whole level's feature map (16,384 tokens x 512 channels in
+bf16 is 16 MB). Rows are walked in the draws' own (ascending) order. Inputs may be float32 or
 bfloat16 (read as such, computed in float32); outputs and gradients are float32 (the gradients of
 bfloat16 inputs are cast back by autograd).
 
