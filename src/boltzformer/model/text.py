@@ -239,6 +239,8 @@ class BuiltinTextEncoder(TextEncoder):
         input_ids, attention_mask = self.tokenizer(prompts)  # on the CPU
         # CLIP pads every prompt to 77 tokens (as the official code); the columns after the batch's
         # longest prompt are padding everywhere: never attended by the decoder and, the transformer
-        # being causal, without effect on the real tokens, so they are dropped before the encoder.
+        # being causal, without effect on the real tokens, so they are dropped here, on the CPU.
         L = int(attention_mask.sum(-1).max())
-        return self.encode_ids(input_ids[:, :L].to(device), attention_mask[:, :L].to(device))
+        input_ids, attention_mask = input_ids[:, :L], attention_mask[:, :L]
+        # non-blocking: no host synchronisation on a GPU (the token arrays are this call's own)
+        return self.encode_ids(input_ids.to(device, non_blocking=True), attention_mask.to(device, non_blocking=True))
