@@ -128,8 +128,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for sampling_maps.png and sampling_maps.npz")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("convert", help="load pretrained weights (SAM2, X-Decoder, official BoltzFormer) into a preset")
-    p.add_argument("--preset", required=True, help="tiny | hiera-s | hiera-bp | focal-l")
+    p = sub.add_parser("convert", help="load pretrained weights (SAM2, LiteMedSAM, X-Decoder, official BoltzFormer) into a preset")
+    p.add_argument("--preset", required=True, help="tiny | lite | hiera-s | hiera-bp | focal-l")
     p.add_argument("--weights", required=True, help=".pt / .pth / .ckpt / .safetensors file")
     p.add_argument("--out", required=True, help="boltzformer checkpoint to write (use it with train --init)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting")

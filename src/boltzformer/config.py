@@ -7,6 +7,9 @@ when the name is unique across the sub-configs, by the field alone (``num_layers
 
 Presets:
 - ``tiny``: a small model for the built-in synthetic benchmark and laptop CPUs (256 x 256 input).
+- ``lite``: LiteMedSAM's pretrained medical TinyViT encoder (256 x 256 input, 5.7 M parameters, loads
+  ``lite_medsam.pth`` strictly) with ``tiny``'s decoder sizes: small enough to train on a CPU with the
+  encoder frozen and its features cached (``train --freeze backbone --feature-cache DIR``).
 - ``hiera-s``, ``hiera-bp``, ``focal-l``: the reference code's configurations (1024 x 1024 input) with
   SAM2 Hiera-S / Hiera-B+ and X-Decoder FocalNet-L image encoders.
 """
@@ -41,11 +44,11 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 @dataclass
 class BackboneConfig:
-    name: str = "tiny"  # image encoder: "tiny", "hiera" (SAM2) or "focalnet" (X-Decoder)
-    variant: str = ""  # hiera: "s" or "b+"; focalnet: "l"
+    name: str = "tiny"  # image encoder: "tiny", "tinyvit" (LiteMedSAM), "hiera" (SAM2) or "focalnet" (X-Decoder)
+    variant: str = ""  # tinyvit: "litemedsam"; hiera: "s" or "b+"; focalnet: "l"
     channels: tuple[int, ...] = (32, 64, 128, 192)  # tiny only: res2..res5 channels
     depths: tuple[int, ...] = (1, 1, 2, 1)  # tiny only: blocks per stage
-    options: dict[str, Any] = field(default_factory=dict)  # hiera / focalnet: fields of their own configs
+    options: dict[str, Any] = field(default_factory=dict)  # tinyvit / hiera / focalnet: fields of their own configs
 
 
 @dataclass
@@ -185,8 +188,19 @@ def _paper_size(preset: str, backbone: BackboneConfig) -> ModelConfig:
     )
 
 
+def _lite() -> ModelConfig:
+    """LiteMedSAM's encoder (inputs scaled to [0, 1] as it was trained) with tiny's decoder sizes."""
+    return ModelConfig(
+        preset="lite",
+        backbone=BackboneConfig(name="tinyvit", variant="litemedsam"),
+        pixel_mean=(0.0, 0.0, 0.0),
+        pixel_std=(255.0, 255.0, 255.0),
+    )
+
+
 PRESETS = {
     "tiny": _tiny,
+    "lite": _lite,
     "hiera-s": lambda: _paper_size("hiera-s", BackboneConfig(name="hiera", variant="s")),
     "hiera-bp": lambda: _paper_size("hiera-bp", BackboneConfig(name="hiera", variant="b+")),
     "focal-l": lambda: _paper_size("focal-l", BackboneConfig(name="focalnet", variant="l")),

@@ -195,6 +195,12 @@ def _build_backbone(cfg: ModelConfig) -> nn.Module:
     bc = cfg.backbone
     if bc.name == "tiny":
         return TinyBackbone(channels=bc.channels, depths=bc.depths)
+    if bc.name == "tinyvit":
+        from boltzformer.model.backbones.tinyvit import LITE_MEDSAM, TinyViTBackbone
+
+        if bc.variant != "litemedsam":
+            raise ValueError(f"backbone.variant for tinyvit must be 'litemedsam', got {bc.variant!r}")
+        return TinyViTBackbone(config=dataclasses.replace(LITE_MEDSAM, **bc.options))
     if bc.name == "hiera":
         from boltzformer.model.backbones.hiera import HIERA_BP, HIERA_S, HieraBackbone
 
@@ -208,7 +214,7 @@ def _build_backbone(cfg: ModelConfig) -> nn.Module:
         if bc.variant != "l":
             raise ValueError(f"backbone.variant for focalnet must be 'l', got {bc.variant!r}")
         return FocalNetBackbone(dataclasses.replace(FOCAL_L, **bc.options))
-    raise ValueError(f"unknown backbone {bc.name!r}; available: ['tiny', 'hiera', 'focalnet']")
+    raise ValueError(f"unknown backbone {bc.name!r}; available: ['tiny', 'tinyvit', 'hiera', 'focalnet']")
 
 
 def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFormer:
