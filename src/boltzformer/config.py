@@ -163,11 +163,24 @@ class TrainConfig:
     existence_weight: float = 1.0  # weight of the existence head's BCE loss
     # parts not trained (no gradients, no optimiser state, kept in eval mode): any of FREEZABLE_PARTS
     freeze: tuple[str, ...] = ()
+    # native-resolution training (data/patches.py): patches of the model's input size cut from the images
+    # at their own resolution, on the grid of a sliding window of that size with this overlap in [0, 1)
+    # (None: whole images padded and resized to the input size)
+    patch_overlap: float | None = None
+    target_fraction: float = 0.8  # patches: share drawn around the target
+    size_weighting: bool = True  # patches: tiny-target images drawn 4x, small 2x, large 1x (SIZE_WEIGHTS)
+    # random flips of the backbone's maps, the image and the mask in the model (so that a frozen encoder's
+    # cached features serve every flipped view); the data's own flips are then off
+    feature_flips: bool = False
 
     def __post_init__(self) -> None:
         bad = [p for p in self.freeze if p not in FREEZABLE_PARTS]
         if bad:
             raise ValueError(f"freeze: unknown part(s) {bad}; expected some of {list(FREEZABLE_PARTS)}")
+        if self.patch_overlap is not None and not 0.0 <= self.patch_overlap < 1.0:
+            raise ValueError(f"patch_overlap must be in [0, 1) (or None), got {self.patch_overlap}")
+        if not 0.0 <= self.target_fraction <= 1.0:
+            raise ValueError(f"target_fraction must be in [0, 1], got {self.target_fraction}")
 
 
 def _tiny() -> ModelConfig:

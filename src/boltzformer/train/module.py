@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from boltzformer.checkpoint import checkpoint_metadata
+from boltzformer.data.loading import _LATERAL
 from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from boltzformer.model import build_model
 
@@ -60,9 +61,19 @@ class BoltzFormerModule(L.LightningModule):
     def create(cls, model_config: ModelConfig, train_config: TrainConfig) -> "BoltzFormerModule":
         return cls(config_to_dict(model_config), config_to_dict(train_config))
 
+    def _flip_dims(self, batch: dict[str, Any], stage: str) -> list[int]:
+        """Feature-space flips of this training batch (``TrainConfig.feature_flips``): one draw per batch
+        from torch's global generator (seeded by Lightning); none for prompts that name a side."""
+        if stage != "train" or not self.train_config.feature_flips or any(_LATERAL.search(p) for p in batch["prompt"]):
+            return []
+        flips = torch.rand(2) < 0.5
+        return [d for d, f in zip((-1, -2), flips.tolist()) if f]
+
     def _losses(self, batch: dict[str, Any], *, aux: bool, stage: str = "train") -> tuple[torch.Tensor, torch.Tensor, Any]:
-        out = self.model(batch["image"], batch["prompt"], return_aux=aux)
-        target = batch["mask"]
+        dims = self._flip_dims(batch, stage)
+        features = self.model.encode_image(batch["image"], flip_dims=dims)
+        out = self.model.decode(features, batch["prompt"], return_aux=aux)
+        target = batch["mask"].flip(dims) if dims else batch["mask"]
         present = batch.get("present")
         existence = None
         if out.existence_logits is not None and present is not None:
