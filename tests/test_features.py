@@ -62,6 +62,9 @@ def test_lite_backbone_stores_its_neck_only_and_a_trainable_encoder_is_refused(t
     with pytest.raises(RuntimeError, match="frozen encoders only"):
         model.encode_image(image)
     model.backbone.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.train().encode_image(image)
+    model.eval()
     cached = model.encode_image(image)
     (entry,) = tmp_path.rglob("*.pt")
     assert set(torch.load(entry, weights_only=True)) == {"neck"}

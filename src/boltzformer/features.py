@@ -15,7 +15,8 @@ so that several processes may share a root. Backbones with a parameter-free pyra
 (:class:`~boltzformer.model.backbones.TinyViTBackbone`) store that map only and rebuild the pyramid.
 
 The cache is for frozen encoders: it refuses to serve a backbone that would be trained (gradients
-enabled and parameters that require them), since cached features have no gradient.
+enabled and parameters that require them), since cached features have no gradient, or one in train
+mode (BatchNorm statistics would change under it).
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ class FeatureCache:
         """
         if torch.is_grad_enabled() and any(p.requires_grad for p in backbone.parameters()):
             raise RuntimeError("the feature cache serves frozen encoders only: freeze the backbone (train --freeze backbone)")
+        if backbone.training:
+            # in train mode BatchNorm would update its statistics: the encoder would change under its cache
+            raise RuntimeError("the feature cache serves encoders in eval mode: call backbone.eval() (frozen parts of "
+                               "BoltzFormerModule are kept in eval mode)")
         keys = self.keys(backbone, images, preprocessing)
         found: list[dict[str, Tensor] | None] = []
         for key in keys:

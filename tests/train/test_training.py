@@ -112,6 +112,10 @@ def test_frozen_parts_stay_in_eval_mode():
 
     module = BoltzFormerModule(config_to_dict(get_preset("tiny", image_size=64, num_layers=3)),
                                config_to_dict(TrainConfig(freeze=("backbone",))))
+    assert not module.model.backbone.training  # from the start: Lightning may never call train()
+    torch.nn.Module.train(module)  # as a mode restore that bypasses the module's train() would
+    module.on_train_batch_start(None, 0)
+    assert not module.model.backbone.training and module.model.decoder.training
     module.train()
     assert not module.model.backbone.training and module.model.decoder.training
     assert not any(p.requires_grad for p in module.model.backbone.parameters())

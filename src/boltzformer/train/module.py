@@ -48,7 +48,7 @@ class BoltzFormerModule(L.LightningModule):
         self.model = build_model(self.model_config)
         self.loss = SegmentationLoss()
         for part in self.train_config.freeze:
-            getattr(self.model, part).requires_grad_(False)
+            getattr(self.model, part).requires_grad_(False).eval()  # BatchNorm statistics (lite) stay as loaded
 
     def train(self, mode: bool = True) -> "BoltzFormerModule":
         """Frozen parts stay in eval mode (no dropout or drop-path) while the rest trains."""
@@ -56,6 +56,11 @@ class BoltzFormerModule(L.LightningModule):
         for part in self.train_config.freeze:
             getattr(self.model, part).eval()
         return self
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning does not always call train() (it restores captured modes): keep frozen parts in eval
+        for part in self.train_config.freeze:
+            getattr(self.model, part).eval()
 
     @classmethod
     def create(cls, model_config: ModelConfig, train_config: TrainConfig) -> "BoltzFormerModule":

@@ -47,11 +47,12 @@ class TrainJob:
     # a frozen backbone's features cached in this folder (boltzformer.features); needs train.freeze
     # to hold "backbone" and turns on train.feature_flips
     feature_cache: Path | None = None
+    fold: tuple[int, int] | None = None  # cross-validation fold (k, n) of the data folders (data/folder.py)
 
 
 def _loaders(job: TrainJob, tc: TrainConfig) -> tuple[DataLoader, DataLoader]:
     size = job.model.image_size
-    kwargs = {"seed": job.data_seed, "synthetic_size": size, "synthetic_counts": job.synthetic_counts}
+    kwargs = {"seed": job.data_seed, "synthetic_size": size, "synthetic_counts": job.synthetic_counts, "fold": job.fold}
     train_base = open_dataset(job.data, "train", **kwargs)
     if tc.negative_ratio > 0:
         train_base = WithNegatives(train_base, tc.negative_ratio, seed=job.data_seed)
@@ -121,6 +122,7 @@ def run_training(job: TrainJob) -> Path:
             "train": config_to_dict(tc),
             "data": job.data if isinstance(job.data, str) else list(job.data),
             "data_seed": job.data_seed,
+            "fold": list(job.fold) if job.fold else None,
             "synthetic_counts": job.synthetic_counts,
         },
         out / "config.json",
