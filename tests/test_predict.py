@@ -94,3 +94,45 @@ def test_predict_samples_gives_mean_std_and_agreement(model):
     assert r["agreement"] == 1.0 and r["std"].max() == 0.0
     with pytest.raises(ValueError, match="samples"):
         predictor.predict_samples(image, "nodule", 1)
+
+
+class _WindowMean:
+    """A stand-in model for the blending test: each window's mask logit is one constant, (the window's
+    mean intensity - 50) / 25, at half the window's resolution (as PiGMA's output)."""
+
+    device = torch.device("cpu")
+
+    def encode_image(self, x):
+        return x
+
+    def decode(self, x, prompts, generator=None):
+        logit = (x.mean((1, 2, 3), keepdim=True) - 50) / 25  # n x 1 x 1 x 1
+        return type("Out", (), {"logits": logit.expand(-1, 1, x.shape[-2] // 2, x.shape[-1] // 2), "existence_logits": None})
+
+
+def test_sliding_window_blends_windows_with_gaussian_weights():
+    from boltzformer.predict import window_passes
+
+    # 256 x 512: left half 0, right half 100; windows of 256 with overlap 0.5 start at x = 0, 128, 256 and
+    # see means 0, 50, 100, i.e. logits -2, 0, 2
+    image = torch.zeros(3, 256, 512)
+    image[:, :, 256:] = 100
+    probs, existence = window_passes(_WindowMean(), image, "x", window=256, overlap=0.5, generators=[torch.Generator()])
+    assert probs.shape == (1, 256, 512) and existence is None
+    logit = torch.logit(probs[0, 128].double())
+    assert torch.allclose(logit[:120], torch.tensor(-2.0, dtype=torch.float64), atol=1e-4)  # only window 0 covers it
+    assert torch.allclose(logit[392:], torch.tensor(2.0, dtype=torch.float64), atol=1e-4)  # only window 2
+    # the middle window's centre: its Gaussian weight (1) dwarfs the others' at their edges (e^-8)
+    assert abs(float(logit[255:257].mean())) < 0.01
+    assert bool((logit[1:] - logit[:-1] >= -1e-6).all())  # a smooth ramp from -2 to 2, never back
+    assert torch.allclose(logit, -logit.flip(0), atol=0.1)  # the weights mirror (up to the half-resolution grid)
+
+
+def test_predictor_at_native_resolution_keeps_the_image_size(model):
+    predictor = boltzformer.Predictor(model, window_overlap=0.25)
+    image = (np.random.default_rng(0).random((100, 150)) * 255).astype(np.uint8)
+    prob = predictor.predict_proba(image, "cyst")
+    assert prob.shape == (100, 150) and np.isfinite(prob).all()
+    assert np.array_equal(predictor.predict(None, "cyst"), prob > 0.5)  # the image is kept for more prompts
+    with pytest.raises(ValueError, match="window_overlap"):
+        boltzformer.Predictor(model, window_overlap=1.0)

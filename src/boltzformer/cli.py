@@ -62,6 +62,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze", action="append", default=[], choices=_FREEZABLE,
                    help="leave this part untrained (repeat for several): less memory and time per step, "
                         "e.g. a pretrained backbone")
+    p.add_argument("--patch-overlap", type=float, default=None, metavar="OVERLAP",
+                   help="train on native-resolution patches of the input size (no resize), on the grid of a sliding "
+                        "window with this overlap in [0, 1) (evaluate / predict with the same --window-overlap); "
+                        "patches hold the target 80%% of the time and tiny-target images are drawn 4x as often")
+    p.add_argument("--feature-cache", default=None, metavar="DIR",
+                   help="with --freeze backbone: compute the frozen encoder's features once per image into DIR "
+                        "(keyed by encoder weights, image content and preprocessing) and flip features, not images")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting, e.g. --set num_layers=9")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -94,6 +101,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm, or pixels without spacing")
     p.add_argument("--negatives", type=float, default=0.0, metavar="RATIO",
                    help="add RATIO x N negative prompts (targets absent from the image) to measure the existence head")
+    p.add_argument("--window-overlap", type=float, default=None, metavar="OVERLAP",
+                   help="native resolution (models trained with --patch-overlap): slide the model's input window over the image " \
+                        "with this overlap in [0, 1) and blend with Gaussian weights, instead of resizing the image")
 
     p = sub.add_parser("predict", help="segment what prompts name in images, volumes or folders of them")
     p.add_argument("--checkpoint", required=True)
@@ -120,6 +130,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="volumes: slices per forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (less memory)")
+    p.add_argument("--window-overlap", type=float, default=None, metavar="OVERLAP",
+                   help="native resolution (models trained with --patch-overlap): slide the model's input window over the image " \
+                        "with this overlap in [0, 1) and blend with Gaussian weights, instead of resizing the image")
     p.add_argument("--quiet", action="store_true", help="no per-slice progress")
     p.add_argument("--samples", type=int, default=1,
                    help="K > 1: K passes with sampling seeds seed..seed+K-1; the mask is their mean; writes the "
@@ -132,8 +145,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for sampling_maps.png and sampling_maps.npz")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("convert", help="load pretrained weights (SAM2, X-Decoder, official BoltzFormer) into a preset")
-    p.add_argument("--preset", required=True, help="tiny | hiera-s | hiera-bp | focal-l | biomedparse-v2")
+    p = sub.add_parser("convert", help="load pretrained weights (SAM2, LiteMedSAM, X-Decoder, official BoltzFormer, BiomedParse v2) into a preset")
+    p.add_argument("--preset", required=True, help="tiny | lite | hiera-s | hiera-bp | focal-l | biomedparse-v2")
     p.add_argument("--weights", required=True, help=".pt / .pth / .ckpt / .safetensors file")
     p.add_argument("--out", required=True, help="boltzformer checkpoint to write (use it with train --init)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting")
@@ -165,6 +178,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: the first free port from 7860")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     return parser
+
+
+def _check_overlap(overlap: float | None) -> None:
+    if overlap is not None and not 0.0 <= overlap < 1.0:
+        raise ValueError(f"--window-overlap must be in [0, 1), got {overlap}")
 
 
 def _train_configs(args: argparse.Namespace):
@@ -199,6 +217,10 @@ def _train_configs(args: argparse.Namespace):
         raise ValueError(f"--negatives must be >= 0, got {args.negatives}")
     tc.negative_ratio = negatives
     tc.warmup_steps = min(tc.warmup_steps, max(1, tc.max_steps // 10))
+    if args.patch_overlap is not None:
+        if not 0.0 <= args.patch_overlap < 1.0:
+            raise ValueError(f"--patch-overlap must be in [0, 1), got {args.patch_overlap}")
+        tc.patch_overlap = args.patch_overlap
     return model_cfg, tc
 
 
@@ -217,7 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model_cfg, tc = _train_configs(args)
     last = run_training(
         TrainJob(model=model_cfg, train=tc, data=args.data, out=Path(args.out), data_seed=args.data_seed,
-                 resume=args.resume, init=Path(args.init) if args.init else None, progress=not args.quiet)
+                 resume=args.resume, init=Path(args.init) if args.init else None, progress=not args.quiet,
+                 feature_cache=Path(args.feature_cache) if args.feature_cache else None)
     )
     print(f"checkpoint: {last}")
     return 0
@@ -233,6 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1 (passes per image), got {args.samples}")
     _check_data_arg(args.data)
+    _check_overlap(args.window_overlap)
     model = load_checkpoint(args.checkpoint)
     dataset = open_dataset(args.data, args.split, seed=args.data_seed, synthetic_size=model.config.image_size)
     if args.negatives:
@@ -240,7 +264,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         dataset = WithNegatives(dataset, args.negatives, seed=args.data_seed)
     report = evaluate_model(model, dataset, batch_size=args.batch_size, seed=args.seed, limit=args.limit, progress=True,
-                            samples=args.samples, lesion_iou=args.lesion_iou, nsd_tolerance=args.nsd_tolerance)
+                            samples=args.samples, lesion_iou=args.lesion_iou, nsd_tolerance=args.nsd_tolerance,
+                            window_overlap=args.window_overlap)
     report["checkpoint"] = str(args.checkpoint)
     report["data"] = args.data
     report["split"] = args.split
@@ -279,6 +304,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_overlap(args.window_overlap)
     window = _window_arg(args.window)
     out = Path(args.out)
     if out.suffix.lower() == ".png":
@@ -293,7 +319,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = run_batch(
         model, inputs, prompts, out, modality=args.modality, window=window, axis=args.axis, context=args.context,
         batch_size=args.batch_size, seed=args.seed, threshold=args.threshold,
-        existence_threshold=args.existence_threshold, overlap=args.overlap, progress=progress,
+        existence_threshold=args.existence_threshold, overlap=args.overlap, progress=progress, window_overlap=args.window_overlap,
     )
     print(summary_table(rows))
     errors = sum(r.status == "error" for r in rows)
@@ -322,7 +348,7 @@ def _predict_one_image(args: argparse.Namespace, prompts: list[str], window) -> 
         raise ValueError(f"--input {args.input} is a volume: give a folder as --out (the mask is written as NIfTI)")
     image = to_uint8(source, window=window, prompt=prompt)
     predictor = Predictor(load_checkpoint(args.checkpoint), threshold=args.threshold, seed=args.seed, bf16=args.bf16,
-                          existence_threshold=args.existence_threshold)
+                          existence_threshold=args.existence_threshold, window_overlap=args.window_overlap)
     t0 = time.perf_counter()
     extra: dict[Path, Any] = {}
     if args.samples > 1:

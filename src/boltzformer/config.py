@@ -7,6 +7,9 @@ when the name is unique across the sub-configs, by the field alone (``num_layers
 
 Presets:
 - ``tiny``: a small model for the built-in synthetic benchmark and laptop CPUs (256 x 256 input).
+- ``lite``: LiteMedSAM's pretrained medical TinyViT encoder (256 x 256 input, 5.7 M parameters, loads
+  ``lite_medsam.pth`` strictly) with ``tiny``'s decoder sizes: small enough to train on a CPU with the
+  encoder frozen and its features cached (``train --freeze backbone --feature-cache DIR``).
 - ``hiera-s``, ``hiera-bp``, ``focal-l``: the reference code's configurations (1024 x 1024 input) with
   SAM2 Hiera-S / Hiera-B+ and X-Decoder FocalNet-L image encoders.
 - ``biomedparse-v2``: BiomedParse v2's 3D model (focal-l with an existence head, 16 queries of which
@@ -47,11 +50,11 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 @dataclass
 class BackboneConfig:
-    name: str = "tiny"  # image encoder: "tiny", "hiera" (SAM2) or "focalnet" (X-Decoder)
-    variant: str = ""  # hiera: "s" or "b+"; focalnet: "l"
+    name: str = "tiny"  # image encoder: "tiny", "tinyvit" (LiteMedSAM), "hiera" (SAM2) or "focalnet" (X-Decoder)
+    variant: str = ""  # tinyvit: "litemedsam"; hiera: "s" or "b+"; focalnet: "l"
     channels: tuple[int, ...] = (32, 64, 128, 192)  # tiny only: res2..res5 channels
     depths: tuple[int, ...] = (1, 1, 2, 1)  # tiny only: blocks per stage
-    options: dict[str, Any] = field(default_factory=dict)  # hiera / focalnet: fields of their own configs
+    options: dict[str, Any] = field(default_factory=dict)  # tinyvit / hiera / focalnet: fields of their own configs
 
 
 @dataclass
@@ -192,11 +195,24 @@ class TrainConfig:
     existence_weight: float = 1.0  # weight of the existence head's BCE loss
     # parts not trained (no gradients, no optimiser state, kept in eval mode): any of FREEZABLE_PARTS
     freeze: tuple[str, ...] = ()
+    # native-resolution training (data/patches.py): patches of the model's input size cut from the images
+    # at their own resolution, on the grid of a sliding window of that size with this overlap in [0, 1)
+    # (None: whole images padded and resized to the input size)
+    patch_overlap: float | None = None
+    target_fraction: float = 0.8  # patches: share drawn around the target
+    size_weighting: bool = True  # patches: tiny-target images drawn 4x, small 2x, large 1x (SIZE_WEIGHTS)
+    # random flips of the backbone's maps, the image and the mask in the model (so that a frozen encoder's
+    # cached features serve every flipped view); the data's own flips are then off
+    feature_flips: bool = False
 
     def __post_init__(self) -> None:
         bad = [p for p in self.freeze if p not in FREEZABLE_PARTS]
         if bad:
             raise ValueError(f"freeze: unknown part(s) {bad}; expected some of {list(FREEZABLE_PARTS)}")
+        if self.patch_overlap is not None and not 0.0 <= self.patch_overlap < 1.0:
+            raise ValueError(f"patch_overlap must be in [0, 1) (or None), got {self.patch_overlap}")
+        if not 0.0 <= self.target_fraction <= 1.0:
+            raise ValueError(f"target_fraction must be in [0, 1], got {self.target_fraction}")
 
 
 def _tiny() -> ModelConfig:
@@ -238,8 +254,19 @@ def _biomedparse_v2() -> ModelConfig:
     return cfg
 
 
+def _lite() -> ModelConfig:
+    """LiteMedSAM's encoder (inputs scaled to [0, 1] as it was trained) with tiny's decoder sizes."""
+    return ModelConfig(
+        preset="lite",
+        backbone=BackboneConfig(name="tinyvit", variant="litemedsam"),
+        pixel_mean=(0.0, 0.0, 0.0),
+        pixel_std=(255.0, 255.0, 255.0),
+    )
+
+
 PRESETS = {
     "tiny": _tiny,
+    "lite": _lite,
     "hiera-s": lambda: _paper_size("hiera-s", BackboneConfig(name="hiera", variant="s")),
     "hiera-bp": lambda: _paper_size("hiera-bp", BackboneConfig(name="hiera", variant="b+")),
     "focal-l": lambda: _paper_size("focal-l", BackboneConfig(name="focalnet", variant="l")),

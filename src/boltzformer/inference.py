@@ -94,6 +94,7 @@ def segment_volume(
     image_size: int | None = None,
     overlap: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    window_overlap: float | None = None,
 ) -> list[PromptResult]:
     """Segment every prompt in every slice of a (D, H, W) uint8 volume.
 
@@ -111,6 +112,8 @@ def segment_volume(
             the most probable prompt above ``threshold``); None: the model's ``prompt_overlap``
             (``"nms"`` for ``biomedparse-v2``).
         progress: called with (slices done, slices) after each batch.
+        window_overlap: native resolution: each slice keeps its size and the model's input window slides
+            over it (:func:`~boltzformer.predict.window_passes`, generator seeded with ``(seed, slice, p)``).
     """
     from boltzformer.data.windows import volume_slices
     from boltzformer.overlap import exclusive_masks
@@ -133,6 +136,20 @@ def segment_volume(
     existence = np.ones((len(prompts), D), dtype=np.float32) if model.decoder.existence is not None else None
     for b, start in enumerate(range(0, D, batch_size)):
         idx = range(start, min(D, start + batch_size))
+        if window_overlap is not None:
+            from boltzformer.predict import window_passes
+
+            for d in idx:
+                for p, prompt in enumerate(prompts):
+                    generator = torch.Generator(device=model.device).manual_seed(_mix(seed, d, p))
+                    prob_t, exist = window_passes(model, image_to_tensor(slices[d]), prompt, window=size,
+                                                  overlap=window_overlap, generators=[generator])
+                    probs[p, d] = prob_t[0].numpy()
+                    if existence is not None and exist is not None:
+                        existence[p, d] = float(exist[0])
+            if progress is not None:
+                progress(idx[-1] + 1, D)
+            continue
         inputs, geoms = zip(*(to_model_input(image_to_tensor(slices[d]), size, center=pads_center(model)) for d in idx))
         features = model.encode_image(torch.stack(inputs).to(model.device))
         for p, prompt in enumerate(prompts):
@@ -179,6 +196,7 @@ def segment_file(
     existence_threshold: float = 0.5,
     overlap: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    window_overlap: float | None = None,
 ) -> FileResult:
     """Read one image, volume or DICOM series and segment every prompt in it.
 
@@ -200,10 +218,11 @@ def segment_file(
     if image.is_volume:
         results = segment_volume(
             model, display, prompts, context=context, batch_size=batch_size, seed=seed, threshold=threshold,
-            existence_threshold=existence_threshold, overlap=overlap, progress=progress,
+            existence_threshold=existence_threshold, overlap=overlap, progress=progress, window_overlap=window_overlap,
         )
     else:
-        predictor = Predictor(model, threshold=threshold, seed=seed, existence_threshold=existence_threshold)
+        predictor = Predictor(model, threshold=threshold, seed=seed, existence_threshold=existence_threshold,
+                              window_overlap=window_overlap)
         results = [PromptResult(r.prompt, r.mask, r.probability, r.existence) for r in predictor.segment(display, prompts)]
     return FileResult(image=image, display=display, results=results, seconds=time.perf_counter() - t0)
 

@@ -3,6 +3,12 @@
 :class:`Predictor` is separate from the ``nn.Module``: it pre-processes (pad to square, resize),
 caches the image features so that several prompts on one image encode it once, seeds the sampled
 attention (the same seed gives the same mask) and maps the prediction back to the input's size.
+
+Native resolution (``window_overlap``): instead of resizing the whole image to the model's input, a
+window of the input's size slides over the image at its own resolution (MONAI's
+``sliding_window_inference``), and the windows' mask logits are blended with Gaussian weights
+(:func:`window_passes`), so that a tiny target is seen at the scale of native-resolution training
+(:class:`~boltzformer.data.patches.PatchDataset`). Every caller (Predictor, evaluation) goes through it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from boltzformer.model import BoltzFormer, ImageFeatures
 from boltzformer.model.text import check_prompts
 from boltzformer.transforms import Geometry, from_model_output, image_to_tensor, pads_center, to_model_input
 
-__all__ = ["Prediction", "Predictor", "predict_probabilities"]
+__all__ = ["Prediction", "Predictor", "predict_probabilities", "window_passes"]
 
 
 @dataclass
@@ -60,6 +66,50 @@ def predict_probabilities(
     return [from_model_output(lg[0], g).sigmoid().cpu() for lg, g in zip(logits, geoms)]
 
 
+@torch.inference_mode()
+def window_passes(
+    model: BoltzFormer,
+    image: Tensor,
+    prompt: str,
+    *,
+    window: int,
+    overlap: float,
+    generators: Sequence[torch.Generator],
+    sw_batch_size: int = 4,
+) -> tuple[Tensor, Tensor | None]:
+    """K sampled passes of a window of side ``window`` slid over one image (3, H, W) 0-255 at its own
+    resolution, with Gaussian blending of the windows' mask logits (MONAI's ``sliding_window_inference``,
+    ``mode="gaussian"``). Each window is encoded once and decoded once per generator.
+
+    Returns:
+        ``(probabilities, existence)``: (K, H, W) on the image's grid, on the CPU; and (K,) the highest
+        probability over the windows that the target is there, or None without an existence head.
+    """
+    from monai.inferers import sliding_window_inference
+
+    if window % 32:
+        raise ValueError(f"window must be a multiple of 32, got {window}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    existence: list[Tensor] = []
+
+    def predict(x: Tensor) -> Tensor:  # n windows (n, 3, w, w) -> (n, K, w/2, w/2) logits
+        features = model.encode_image(x)
+        outs = [model.decode(features, [prompt] * x.shape[0], generator=g) for g in generators]
+        if outs[0].existence_logits is not None:
+            existence.append(torch.stack([o.existence_logits.float() for o in outs], 1))  # n x K
+        return torch.cat([o.logits.float() for o in outs], 1)
+
+    _, H, W = image.shape
+    logits = sliding_window_inference(image[None].float().to(model.device), window, sw_batch_size, predict,
+                                      overlap=overlap, mode="gaussian")
+    logits = torch.as_tensor(logits)  # MONAI may return a MetaTensor
+    if logits.shape[-2:] != (H, W):
+        logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+    exist = torch.cat(existence).amax(0).sigmoid().cpu() if existence else None
+    return logits[0].sigmoid().cpu(), exist
+
+
 class Predictor:
     """Segments what a prompt names in an image.
 
@@ -72,6 +122,9 @@ class Predictor:
             less time; probabilities differ from float32 by about 1e-2).
         existence_threshold: with an existence head, masks are empty when the probability that the
             target is in the image is below this (BiomedParse v2 gates at 0.5).
+        window_overlap: native resolution: slide a window of ``image_size`` over the image (not resized)
+            with this overlap in [0, 1), blending with Gaussian weights (:func:`window_passes`); for
+            models trained on native-resolution patches. None: pad and resize the whole image.
 
     Example:
         >>> predictor = Predictor(boltzformer.load_checkpoint("run/last.ckpt"))
@@ -87,7 +140,10 @@ class Predictor:
         seed: int = 0,
         bf16: bool = False,
         existence_threshold: float = 0.5,
+        window_overlap: float | None = None,
     ) -> None:
+        if window_overlap is not None and not 0.0 <= window_overlap < 1.0:
+            raise ValueError(f"window_overlap must be in [0, 1) or None, got {window_overlap}")
         for name, value in (("threshold", threshold), ("existence_threshold", existence_threshold)):
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
@@ -101,6 +157,8 @@ class Predictor:
         self.existence_threshold = existence_threshold
         self.seed = seed
         self.bf16 = bf16
+        self.window_overlap = window_overlap
+        self._image: Tensor | None = None  # native-resolution mode: the image, (3, H, W) 0-255
         self._features: ImageFeatures | None = None
         self._geometry: Geometry | None = None
 
@@ -117,7 +175,12 @@ class Predictor:
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
-        """Encode an image (H, W) or (H, W, 3); 8-bit values are used as they are."""
+        """Encode an image (H, W) or (H, W, 3); 8-bit values are used as they are. In native-resolution
+        mode (``window_overlap``) the image is kept and its windows are encoded when a prompt comes."""
+        if self.window_overlap is not None:
+            self._image = image_to_tensor(image)
+            self._features, self._geometry = None, Geometry(*self._image.shape[-2:], self.image_size)
+            return
         tensor, geom = to_model_input(image_to_tensor(image), self.image_size, center=pads_center(self.model))
         with self._autocast():
             self._features = self.model.encode_image(tensor[None].to(self.model.device))
@@ -126,12 +189,18 @@ class Predictor:
     def _use_image(self, image: np.ndarray | None) -> None:
         if image is not None:
             self.set_image(image)
-        if self._features is None or self._geometry is None:
+        if (self._features is None and self._image is None) or self._geometry is None:
             raise RuntimeError("no image: call set_image(image) first or pass image=...")
 
     @torch.inference_mode()
     def _decode(self, prompt: str, offset: int = 0) -> tuple[Tensor, float | None]:
         """(probability map (H, W) on the input's grid, existence probability or None) for one pass."""
+        if self.window_overlap is not None:
+            assert self._image is not None
+            with self._autocast():
+                probs, exist = window_passes(self.model, self._image, prompt, window=self.image_size,
+                                             overlap=self.window_overlap, generators=[self._generator(offset)])
+            return probs[0], None if exist is None else float(exist[0])
         assert self._features is not None and self._geometry is not None
         with self._autocast():
             out = self.model.decode(self._features, [prompt], generator=self._generator(offset))

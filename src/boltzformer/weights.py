@@ -1,10 +1,11 @@
-"""Load pretrained weights from foreign checkpoints: SAM2, X-Decoder, the official BoltzFormer, ours.
+"""Load pretrained weights from foreign checkpoints: SAM2, LiteMedSAM, X-Decoder, the official BoltzFormer, ours.
 
 Each kind of file passes through a pure key-mapping function (tested on its own); the load is
 strict about shapes and reports, key by key, what it used and what it did not:
 
 - ``loaded``: the file's keys that were used;
-- ``unused``: the file's keys that were not (e.g. SAM2's memory modules, CLIP's logit scale);
+- ``unused``: the file's keys that were not (e.g. SAM2's memory modules, LiteMedSAM's box-prompted
+  mask decoder, CLIP's logit scale);
 - ``missing``: the model's keys the file did not set, each with the reason.
 
 Files are read lazily, so that a checkpoint several GB large (BiomedParse v2's ``biomedparse_v2.ckpt``
@@ -28,7 +29,8 @@ from torch import Tensor, nn
 
 from boltzformer.checkpoint import CheckpointError
 
-__all__ = ["LoadReport", "load_pretrained", "read_state_dict", "detect_kind", "map_official_key", "map_xdecoder_key", "map_sam2_key", "model_tokenizer"]
+__all__ = ["LoadReport", "load_pretrained", "read_state_dict", "detect_kind", "map_official_key", "map_xdecoder_key", "map_sam2_key",
+           "map_litemedsam_key", "model_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,21 @@ def map_sam2_key(key: str) -> str | None:
     return None
 
 
-_MAPPERS = {"boltzformer": None, "official": map_official_key, "xdecoder": map_xdecoder_key, "sam2": map_sam2_key}
+def map_litemedsam_key(key: str) -> str | None:
+    """LiteMedSAM (``lite_medsam.pth``) key -> ours: ``image_encoder.*`` is the ``lite`` preset's
+    TinyViT backbone, key for key; its prompt encoder and box-prompted mask decoder are not used."""
+    if key.startswith("image_encoder."):
+        return "backbone." + key[len("image_encoder.") :]
+    return None
+
+
+_MAPPERS = {"boltzformer": None, "official": map_official_key, "xdecoder": map_xdecoder_key, "sam2": map_sam2_key,
+            "litemedsam": map_litemedsam_key}
+#: why a foreign file's keys of a known part are not used
+_UNUSED_PARTS = {
+    "litemedsam": {"mask_decoder.": "LiteMedSAM's box-prompted mask decoder (SAM's); BoltzFormer's decoder takes text",
+                   "prompt_encoder.": "LiteMedSAM's box / point prompt encoder; BoltzFormer is prompted by text"},
+}
 
 
 @dataclass
@@ -169,10 +185,12 @@ def read_state_dict(path: str | os.PathLike) -> tuple[Mapping[str, Tensor], dict
 
 
 def detect_kind(state: Mapping[str, Tensor], container: Mapping) -> str:
-    """``"boltzformer"`` (ours), ``"official"``, ``"xdecoder"`` or ``"sam2"``; else CheckpointError."""
+    """``"boltzformer"`` (ours), ``"official"``, ``"xdecoder"``, ``"sam2"`` or ``"litemedsam"``; else CheckpointError."""
     keys = list(state)
     if "boltzformer" in container:
         return "boltzformer"
+    if any(k.startswith("image_encoder.patch_embed.seq.") for k in keys):  # TinyViT's patch embedding
+        return "litemedsam"
     if any(k.startswith("image_encoder.") for k in keys):
         return "sam2"
     stripped = [k[len("model."):] if k.startswith("model.") else k for k in keys]
@@ -183,8 +201,8 @@ def detect_kind(state: Mapping[str, Tensor], container: Mapping) -> str:
     if any(k.startswith(("decoder.", "pixel_decoder.", "text_encoder.")) for k in keys):
         return "boltzformer"
     raise CheckpointError(
-        f"not a checkpoint this package can read: {len(keys)} tensors, first keys {keys[:4]}; expected SAM2 "
-        "(image_encoder.*), X-Decoder or official BoltzFormer (backbone.*, sem_seg_head.*), or boltzformer's own"
+        f"not a checkpoint this package can read: {len(keys)} tensors, first keys {keys[:4]}; expected SAM2 or "
+        "LiteMedSAM (image_encoder.*), X-Decoder or official BoltzFormer (backbone.*, sem_seg_head.*), or boltzformer's own"
     )
 
 
@@ -243,13 +261,17 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
             # Lightning checkpoints of the official code (BiomedParse v2) prefix every key with "model."
             target = mapper(key[len("model."):] if kind == "official" and key.startswith("model.") else key)
         if target is None:
-            report.unused[key] = _UNUSED_OFFICIAL.get(key.removeprefix("model."), f"no counterpart in this model ({kind} layout)")
+            part = next((why for prefix, why in _UNUSED_PARTS.get(kind, {}).items() if key.startswith(prefix)), None)
+            report.unused[key] = part or _UNUSED_OFFICIAL.get(key.removeprefix("model."), f"no counterpart in this model ({kind} layout)")
             continue
         value = state[key]
         if target in NORMALISATION_KEYS:
             _set_normalisation(model, target, value, path, key)
             report.loaded.append(key)
             continue
+        if target not in own and kind == "litemedsam":
+            # the file is one encoder: every one of its keys must land, or the preset is the wrong one
+            raise CheckpointError(f"{path}: LiteMedSAM's {key} has no counterpart {target} in this model; load it into the 'lite' preset")
         if target not in own:
             report.unused[key] = f"this model has no {target}"
             continue
@@ -265,10 +287,15 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
             own[target].copy_(value)  # shares storage with the parameter; reads this one tensor from the file
         done.add(target)
         report.loaded.append(key)
-    why = {"sam2": "SAM2 checkpoints hold the image encoder only", "xdecoder": "not in X-Decoder's model"}
+    why = {"sam2": "SAM2 checkpoints hold the image encoder only", "xdecoder": "not in X-Decoder's model",
+           "litemedsam": "LiteMedSAM's file holds the image encoder only (trained here)"}
     for key in own:
         if key not in done:
             report.missing[key] = why.get(kind, "not in the file")
+    unset = [k for k in report.missing if k.startswith("backbone.")]
+    if kind == "litemedsam" and unset:
+        raise CheckpointError(f"{path}: LiteMedSAM's file does not set {len(unset)} of the encoder's tensors ({unset[:3]}); "
+                              "it is not the lite_medsam.pth this preset was written for")
     log.info(report.summary())
     return report
 

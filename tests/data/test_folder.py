@@ -309,3 +309,24 @@ def test_read_image_and_mask(tmp_path):
     with pytest.raises(DataError, match="is not a file"):
         read_image(tmp_path)
     assert issubclass(DataError, ValueError)
+
+
+def test_fold_groups_keep_patients_apart_and_cover_every_group_once():
+    from boltzformer.data.folder import fold_groups
+
+    groups = ["a"] * 28 + ["b"] * 24 + ["c"] * 24 + ["d"] * 9 + ["e"] * 8 + ["f"] * 7 + ["g"] * 4 + ["h"] * 4
+    tested = []
+    for k in range(4):
+        split = fold_groups(groups, folds=4, fold=k, seed=0)
+        assert set(split) == set(groups) and list(split.values()).count("val") == 1
+        test = [g for g, s in split.items() if s == "test"]
+        assert 24 <= sum(groups.count(g) for g in test) <= 28  # folds of about equal slice counts
+        val = next(g for g, s in split.items() if s == "val")
+        assert groups.count(val) == 4  # the smallest group of the other folds
+        tested += test
+    assert sorted(tested) == sorted(set(groups))  # every patient is tested exactly once
+    assert fold_groups(groups, folds=4, fold=1, seed=0) == fold_groups(groups, folds=4, fold=1, seed=0)
+    with pytest.raises(ValueError, match="fold must be"):
+        fold_groups(groups, folds=4, fold=4)
+    with pytest.raises(ValueError, match="groups are never divided"):
+        fold_groups(["a", "b"], folds=2, fold=0)

@@ -112,6 +112,10 @@ def test_frozen_parts_stay_in_eval_mode():
 
     module = BoltzFormerModule(config_to_dict(get_preset("tiny", image_size=64, num_layers=3)),
                                config_to_dict(TrainConfig(freeze=("backbone",))))
+    assert not module.model.backbone.training  # from the start: Lightning may never call train()
+    torch.nn.Module.train(module)  # as a mode restore that bypasses the module's train() would
+    module.on_train_batch_start(None, 0)
+    assert not module.model.backbone.training and module.model.decoder.training
     module.train()
     assert not module.model.backbone.training and module.model.decoder.training
     assert not any(p.requires_grad for p in module.model.backbone.parameters())
@@ -123,3 +127,56 @@ def test_cli_freeze_choices_equal_the_config():
     from boltzformer.config import FREEZABLE_PARTS
 
     assert tuple(cli._FREEZABLE) == FREEZABLE_PARTS
+
+
+def _folder(root, n=8, size=128):
+    """n images (size x size) with a 3 x 3 bright dot each, two images per patient."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(n):
+        y, x = rng.integers(0, size - 3, 2)
+        mask = np.zeros((size, size), np.uint8)
+        mask[y : y + 3, x : x + 3] = 255
+        image = np.stack([mask // 2 + 30] * 3, -1).astype(np.uint8)
+        Image.fromarray(image).save(root / f"images/i{i}.png")
+        Image.fromarray(mask).save(root / f"masks/m{i}.png")
+        pairs.append({"id": f"m{i}", "image": f"images/i{i}.png", "mask": f"masks/m{i}.png", "prompt": "a dot", "patient": f"p{i // 2}"})
+    (root / "meta.json").write_text(json.dumps({"pairs": pairs}))
+    return root
+
+
+def test_native_patches_with_a_cached_frozen_encoder(tmp_path):
+    """--patch-overlap trains on native patches; --feature-cache encodes each patch once and the model
+    flips features; evaluation slides the same window over the native image."""
+    import json
+
+    from boltzformer.cli import main
+
+    data, out, cache = _folder(tmp_path / "data"), tmp_path / "run", tmp_path / "cache"
+    argv = ["train", "--data", str(data), "--out", str(out), "--max-steps", "3", "--batch-size", "2", "--val-every", "3",
+            "--image-size", "64", "--set", "num_layers=3", "--quiet", "--patch-overlap", "0.5", "--freeze", "backbone",
+            "--feature-cache", str(cache)]
+    unfrozen = [a for a in argv if a not in ("--freeze", "backbone")]
+    unfrozen[unfrozen.index(str(out))] = str(tmp_path / "bad")
+    assert main(unfrozen) == 2  # a cache needs a frozen backbone
+    assert main(argv) == 0
+    tc = json.loads((out / "config.json").read_text())["train"]
+    assert tc["patch_overlap"] == 0.5 and tc["feature_flips"] is True
+    entries = list(cache.rglob("*.pt"))
+    # 64-px patches of 128-px images lie on a 3 x 3 grid: at most 9 distinct patches per image, and the
+    # steps' 6 patches plus validation's reuse what is there
+    assert 1 <= len(entries) <= 6 + 2
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(out / "last.ckpt"), "--data", str(data), "--out", str(report),
+                 "--window-overlap", "0.5"]) == 0
+    result = json.loads(report.read_text())
+    assert result["window_overlap"] == 0.5 and result["n"] >= 1
+    assert main(["evaluate", "--checkpoint", str(out / "last.ckpt"), "--data", str(data), "--out", str(report),
+                 "--window-overlap", "1.5"]) == 2

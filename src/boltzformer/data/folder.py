@@ -38,6 +38,7 @@ __all__ = [
     "FolderDataset",
     "FolderPair",
     "SPLITS",
+    "fold_groups",
     "open_folder_datasets",
     "split_groups",
 ]
@@ -137,6 +138,39 @@ def split_groups(
         remaining = kept
     for g in remaining:
         assignment[g] = "train"
+    return assignment
+
+
+def fold_groups(groups: Sequence[str], *, folds: int, fold: int, seed: int = 0) -> dict[str, str]:
+    """Cross-validation: whole groups (patients, or images) dealt into ``folds`` folds of about equal
+    pair counts; fold ``fold`` is "test", one group of the others is "val" and the rest "train".
+
+    Groups are dealt largest first (ties in the seeded order of :func:`split_groups`) to the fold with
+    the fewest pairs so far. The val group is the smallest of the other folds' groups (first in the
+    seeded order among equals), so that training keeps nearly everything outside the test fold.
+
+    Raises:
+        ValueError: ``folds`` < 2, ``fold`` not in [0, folds), or fewer than ``folds + 1`` groups.
+    """
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
+    if not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ValueError(f"fold must be an integer in [0, {folds}), got {fold!r}")
+    counts = Counter(str(g) for g in groups)
+    if len(counts) < folds + 1:
+        raise ValueError(f"cannot make {folds} folds plus a val group from {len(counts)} group(s); groups are never divided")
+    order = sorted(counts, key=lambda g: (-counts[g], _stable_key(seed, g), g))
+    sizes = [0] * folds
+    assignment: dict[str, str] = {}
+    of_fold: dict[str, int] = {}
+    for g in order:
+        k = min(range(folds), key=lambda i: (sizes[i], i))
+        of_fold[g] = k
+        sizes[k] += counts[g]
+    others = [g for g in order if of_fold[g] != fold]
+    val = min(others, key=lambda g: (counts[g], _stable_key(seed, g), g))
+    for g in order:
+        assignment[g] = "test" if of_fold[g] == fold else "val" if g == val else "train"
     return assignment
 
 
@@ -241,6 +275,7 @@ class FolderDataset(Dataset):
         val_fraction: about this fraction of pairs goes to val (see :func:`split_groups`).
         test_fraction: about this fraction of pairs goes to test.
         seed: selects the split; the same seed gives the same split on every machine.
+        fold: ``(k, n)``: cross-validation fold k of n instead of the fractions (:func:`fold_groups`).
         verify: read every image's and mask's header now (not the pixels) and check that they open
             and that their sizes agree, so that a bad file stops a run before it starts.
 
@@ -265,6 +300,7 @@ class FolderDataset(Dataset):
         test_fraction: float = 0.25,
         seed: int = 0,
         verify: bool = True,
+        fold: tuple[int, int] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -283,9 +319,12 @@ class FolderDataset(Dataset):
             self.pairs = all_pairs
         else:
             try:
-                self.assignment = split_groups(
-                    [p.group for p in all_pairs], val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
-                )
+                if fold is not None:
+                    self.assignment = fold_groups([p.group for p in all_pairs], folds=fold[1], fold=fold[0], seed=seed)
+                else:
+                    self.assignment = split_groups(
+                        [p.group for p in all_pairs], val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+                    )
             except ValueError as e:
                 raise ValueError(f"cannot split {self.root / META_FILE}: {e}") from e
             self.pairs = [p for p in all_pairs if self.assignment[p.group] == split]

@@ -32,9 +32,11 @@ def open_dataset(
     seed: int = 0,
     synthetic_size: int = 256,
     synthetic_counts: dict[str, int] | None = None,
+    fold: tuple[int, int] | None = None,
 ) -> Dataset:
     """``"synthetic"`` (the built-in benchmark) or one or more dataset folders (comma-separated or a
-    list), each in the ``shared/data`` format. ``split``: "train", "val" or "test"."""
+    list), each in the ``shared/data`` format. ``split``: "train", "val" or "test". ``fold``: ``(k, n)``,
+    cross-validation fold k of n of every folder (:func:`~boltzformer.data.folder.fold_groups`)."""
     paths = _split_paths(data)
     if not paths:
         raise ValueError("--data is empty: give 'synthetic' or a dataset folder")
@@ -44,11 +46,13 @@ def open_dataset(
         counts = synthetic_counts or {}
         cfg = SyntheticConfig(image_size=synthetic_size, seed=seed, **counts)
         return SyntheticDataset(split, cfg)
+    if fold is not None and SYNTHETIC in paths:
+        raise ValueError("cross-validation folds are for dataset folders, not 'synthetic'")
     if SYNTHETIC in paths:
         raise ValueError("'synthetic' cannot be mixed with dataset folders in --data")
     from boltzformer.data.folder import FolderDataset
 
-    datasets = [FolderDataset(Path(p), split=split, seed=seed) for p in paths]
+    datasets = [FolderDataset(Path(p), split=split, seed=seed, fold=fold) for p in paths]
     return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
 

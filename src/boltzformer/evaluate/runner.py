@@ -18,12 +18,20 @@ from boltzformer.evaluate.report import SegmentationReport
 
 @torch.inference_mode()
 def predict_passes(
-    model: Any, images: Sequence[torch.Tensor], prompts: Sequence[str], *, image_size: int, generators: Sequence[torch.Generator]
+    model: Any,
+    images: Sequence[torch.Tensor],
+    prompts: Sequence[str],
+    *,
+    image_size: int,
+    generators: Sequence[torch.Generator],
+    window_overlap: float | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Probability maps of K sampled passes, one per generator, for a batch of images (3, H_i, W_i) 0-255.
 
     The images are encoded once and decoded K times. With one generator the maps are those of
-    :func:`boltzformer.predict.predict_probabilities` (same values, bit for bit).
+    :func:`boltzformer.predict.predict_probabilities` (same values, bit for bit). With ``window_overlap``
+    the images keep their resolution: :func:`boltzformer.predict.window_passes` slides the model's input
+    window over each.
 
     Returns:
         ``(probabilities, existence)``: one (K, H_i, W_i) float tensor of probabilities per image, on the
@@ -32,6 +40,14 @@ def predict_passes(
     """
     from boltzformer.transforms import from_model_output, pads_center, to_model_input
 
+    if window_overlap is not None:  # native resolution: a window of the input's size slides over each image
+        from boltzformer.predict import window_passes
+
+        runs = [window_passes(model, img, p, window=image_size, overlap=window_overlap, generators=generators)
+                for img, p in zip(images, prompts)]
+        if runs[0][1] is None:
+            return [r[0] for r in runs], None
+        return [r[0] for r in runs], torch.stack([r[1] for r in runs])  # type: ignore[misc]
     inputs, geoms = zip(*(to_model_input(img, image_size, center=pads_center(model)) for img in images))
     features = model.encode_image(torch.stack(inputs).to(model.device))
     outs = [model.decode(features, list(prompts), generator=g) for g in generators]
@@ -57,6 +73,7 @@ def evaluate_model(
     nsd_tolerance: float = NSD_TOLERANCE,
     poor_dice: float = POOR_DICE,
     progress: bool = False,
+    window_overlap: float | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` and score every sample at its original resolution.
 
@@ -85,6 +102,8 @@ def evaluate_model(
         limit: evaluate the first ``limit`` items only.
         lesion_iou, nsd_tolerance, poor_dice: as in :class:`SegmentationReport`.
         progress: show a progress bar.
+        window_overlap: native resolution: slide the model's input window over each image with this
+            overlap (Gaussian blending) instead of resizing it (models trained on native patches).
 
     Returns:
         The report dict of :meth:`SegmentationReport.compute`, plus ``"seed"``, ``"sampling_passes"`` (K),
@@ -117,7 +136,8 @@ def evaluate_model(
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
         probs, existence = predict_passes(
-            model, [s["image"] for s in items], [s["prompt"] for s in items], image_size=image_size, generators=generators
+            model, [s["image"] for s in items], [s["prompt"] for s in items], image_size=image_size, generators=generators,
+            window_overlap=window_overlap,
         )
         gated = existence is not None
         for i, (s, p) in enumerate(zip(items, probs)):  # p: K x H x W
@@ -146,6 +166,7 @@ def evaluate_model(
     result["sampling_passes"] = samples
     result["pass_seeds"] = [seed + k for k in range(samples)]
     result["threshold"] = threshold
+    result["window_overlap"] = window_overlap  # None: whole images resized to the model's input
     result["existence_threshold"] = existence_threshold if gated else None  # None: the model has no existence head
     result["existence"] = existence_summary(presence, existence_threshold) if gated else None
     with_target = [x["dice"] for x in result["samples"] if not x["target_empty"]]

