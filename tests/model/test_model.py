@@ -232,3 +232,20 @@ def test_mask_logits_of_channels_last_maps_equal_einsum_without_copying_the_map(
     # einsum copies the map's gradient (128 MB at 1024 x 1024) back into channels-last; this does not
     assert f_cl.grad.is_contiguous(memory_format=torch.channels_last)
     assert tuple(f.shape) not in copies.shapes, copies.shapes
+
+
+def test_without_the_text_conditioned_prior_the_first_sampling_ignores_the_prompt():
+    """pre_self_attention=False (the paper's "w/o text-conditioned prior" ablation): the first layer
+    samples from the learned queries' masks alone, the same for every prompt; with the prior it does not."""
+    images = _images(1).expand(2, -1, -1, -1)
+    prompts = ["nodule", "the irregular lesion"]
+    first = {}
+    for prior in (True, False):
+        torch.manual_seed(0)
+        model = boltzformer.build_model("tiny", pre_self_attention=prior, **SMALL).eval()
+        assert hasattr(model.decoder, "initial_self_attention_layer") == prior
+        with torch.no_grad():
+            out = model(images, prompts, generator=torch.Generator().manual_seed(0), return_sampling=True)
+        first[prior] = out.sampling[0].probs
+    torch.testing.assert_close(first[False][0], first[False][1])
+    assert not torch.allclose(first[True][0], first[True][1])

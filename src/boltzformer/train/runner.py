@@ -7,9 +7,10 @@ bar shows the steps left and an estimate of the time left. ``--devices N`` uses 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import lightning as L
 import torch
@@ -24,6 +25,9 @@ from boltzformer.data.loading import ModelInputDataset, open_dataset
 from boltzformer.data.negatives import WithNegatives
 from boltzformer.data.synthetic import SyntheticDataset
 from boltzformer.train.module import BoltzFormerModule
+
+if TYPE_CHECKING:
+    from boltzformer.train.peer import PeerConfig
 
 __all__ = ["TrainJob", "run_training"]
 
@@ -41,6 +45,9 @@ class TrainJob:
     resume: bool = False
     init: Path | None = None  # start from these weights (fine-tuning); same architecture
     progress: bool = True
+    # train a MONAI peer (train/peer.py) with this loop instead of the BoltzFormer; ``model`` gives its
+    # image size and pixel normalisation
+    peer: "PeerConfig | None" = None
 
 
 def _loaders(job: TrainJob) -> tuple[DataLoader, DataLoader]:
@@ -91,7 +98,14 @@ def run_training(job: TrainJob) -> Path:
         raise FileExistsError(f"{out} already holds a run (last.ckpt); use --resume to continue it or another --out")
     L.seed_everything(tc.seed, workers=True, verbose=False)
     train_dl, val_dl = _loaders(job)  # checks the data before anything is written
-    module = BoltzFormerModule.create(job.model, tc)
+    if job.peer is not None:
+        from boltzformer.train.peer import PeerModule
+
+        if job.init is not None:
+            raise ValueError("init (fine-tuning) applies to BoltzFormer checkpoints, not to the MONAI peer")
+        module: BoltzFormerModule = PeerModule.create(job.model, tc, job.peer)
+    else:
+        module = BoltzFormerModule.create(job.model, tc)
     if job.init is not None and not job.resume:
         _load_initial_weights(module, Path(job.init))
     out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +116,7 @@ def run_training(job: TrainJob) -> Path:
             "data": job.data if isinstance(job.data, str) else list(job.data),
             "data_seed": job.data_seed,
             "synthetic_counts": job.synthetic_counts,
+            **({"peer": dataclasses.asdict(job.peer)} if job.peer is not None else {}),
         },
         out / "config.json",
     )
