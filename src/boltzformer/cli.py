@@ -467,8 +467,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic({"grid_file": str(args.grid), "grid": grid, "seeds": sorted({c.seed for c in cells}),
                        "model": args.model, "settings": list(dict.fromkeys(c.setting for c in cells))}, out / "grid.json")
+    import warnings
+
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # one line per cell, not Lightning's banner per run
+    # the same two notices every cell (its run folder holds config.json before the first checkpoint; a
+    # deprecation inside Lightning)
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     run_grid(cells, out, accelerator=args.accelerator, progress=args.progress, log=lambda line: print(line, flush=True))
     result = write_summary(out)
     print(result["markdown"])

@@ -95,7 +95,7 @@ def test_resume_skips_finished_cells_and_redoes_damaged_ones(tmp_path, monkeypat
 
     ran = []
 
-    def fake_run(cell, config, out, progress=False):
+    def fake_run(cell, config, out, progress=False, source=None):
         ran.append(cell.name)
         record = _fake_record(cell, config)
         (out / "cells" / f"{cell.name}.json").write_text(json.dumps(record))

@@ -242,8 +242,12 @@ def _commit() -> dict[str, Any]:
     return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def run_cell(cell: Cell, config: dict[str, Any], out: Path, *, progress: bool = False) -> dict[str, Any]:
-    """Train and evaluate one cell; write and return its record (``out/cells/<name>.json``)."""
+def run_cell(cell: Cell, config: dict[str, Any], out: Path, *, progress: bool = False,
+             source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell; write and return its record (``out/cells/<name>.json``).
+
+    ``source``: the commit of the code that runs (:func:`_commit` when the grid started; by default now).
+    """
     import torch
 
     from boltzformer.config import ModelConfig, TrainConfig, config_from_dict
@@ -287,7 +291,7 @@ def run_cell(cell: Cell, config: dict[str, Any], out: Path, *, progress: bool = 
         "axis": cell.axis,
         "value": cell.value,
         "seed": cell.seed,
-        **_commit(),
+        **(source if source is not None else _commit()),
         "boltzformer_version": getattr(boltzformer, "__version__", None),
         "config": config,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
@@ -316,6 +320,14 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, accelerator: str 
     """
     out = Path(out)
     configs = [resolve_cell(c, accelerator=accelerator) for c in cells]  # every cell checked before any work
+    # the code that runs is the code imported now: its commit is recorded in every cell, even if the
+    # checkout changes while the grid runs (everything a cell needs is imported here, not later)
+    import boltzformer.checkpoint  # noqa: F401
+    import boltzformer.evaluate  # noqa: F401
+    import boltzformer.train.peer  # noqa: F401
+    import boltzformer.train.runner  # noqa: F401
+
+    source = _commit()
     todo = []
     counts = {"finished": 0, "ran": 0}
     for cell, config in zip(cells, configs):
@@ -330,7 +342,7 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, accelerator: str 
     for i, (cell, config, status) in enumerate(todo, 1):
         why = {"missing": "", "damaged": " (its file was damaged: redone)", "changed": " (its file has another config: redone)"}[status]
         t0 = time.perf_counter()
-        record = run_cell(cell, config, out, progress=progress)
+        record = run_cell(cell, config, out, progress=progress, source=source)
         times.append(time.perf_counter() - t0)
         counts["ran"] += 1
         left = len(todo) - i
