@@ -446,39 +446,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         return 0
     if args.grid is None or args.out is None:
         raise ValueError("ablate needs a grid file and --out DIR (or --summary DIR)")
-    import logging
+    from boltzformer.train.ablate import run_ablation
 
-    from boltzformer.atomic import write_json_atomic
-    from boltzformer.evaluate.ablation import write_summary
-    from boltzformer.train.ablate import cell_status, expand_grid, load_grid, resolve_cell, run_grid
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; expected a folder")
-    grid = load_grid(args.grid)
-    cells = expand_grid(grid, seeds=args.seeds, model=args.model)
-    if args.list:
-        for cell in cells:
-            status = cell_status(out / "cells" / f"{cell.name}.json", resolve_cell(cell, accelerator=args.accelerator))
-            print(f"{cell.name}: {status}")
-        return 0
-    for cell in cells:
-        resolve_cell(cell, accelerator=args.accelerator)  # every cell checked before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic({"grid_file": str(args.grid), "grid": grid, "seeds": sorted({c.seed for c in cells}),
-                       "model": args.model, "settings": list(dict.fromkeys(c.setting for c in cells))}, out / "grid.json")
-    import warnings
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # one line per cell, not Lightning's banner per run
-    # the same two notices every cell (its run folder holds config.json before the first checkpoint; a
-    # deprecation inside Lightning)
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
-    run_grid(cells, out, accelerator=args.accelerator, progress=args.progress, log=lambda line: print(line, flush=True))
-    result = write_summary(out)
-    print(result["markdown"])
-    print(f"summary: {out / 'summary.md'}, summary.json, summary.png")
+    run_ablation(args.grid, args.out, seeds=args.seeds, model=args.model, accelerator=args.accelerator,
+                 list_only=args.list, progress=args.progress)
     return 0
 
 

@@ -31,6 +31,7 @@ incomplete or made with another configuration. Training runs live in ``runs/<cel
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import platform
@@ -44,13 +45,14 @@ from typing import Any, Callable, Sequence
 
 from boltzformer.atomic import write_json_atomic
 
-__all__ = ["MODELS", "Cell", "load_grid", "expand_grid", "resolve_cell", "cell_status", "run_cell", "run_grid"]
+__all__ = ["MODELS", "Cell", "load_grid", "expand_grid", "resolve_cell", "cell_status", "run_cell", "run_grid", "run_ablation"]
 
 MODELS = ("boltzformer", "monai-unet")
 FORMAT = 1
 _BASE_KEYS = {"model", "preset", "settings", "peer", "train", "data", "data_seed", "synthetic", "eval"}
 _DEFAULT_BASE: dict[str, Any] = {"model": "boltzformer", "preset": "tiny", "settings": {}, "peer": {}, "train": {},
                                  "data": "synthetic", "data_seed": 0, "synthetic": {}, "eval": {"batch_size": 16}}
+_print = functools.partial(print, flush=True)  # the progress lines reach a log file as they come
 # settings that change where a cell runs, not what it computes: a cell made with others still counts
 _WHERE = ("accelerator", "num_workers")
 
@@ -279,6 +281,8 @@ def run_cell(cell: Cell, config: dict[str, Any], out: Path, *, progress: bool = 
         from boltzformer.checkpoint import load_checkpoint
 
         model = load_checkpoint(last)
+    if tc.accelerator in ("gpu", "cuda") or (tc.accelerator == "auto" and torch.cuda.is_available()):
+        model = model.to("cuda")  # evaluate where it trained
     test = open_dataset(config["data"], "test", seed=config["data_seed"], synthetic_size=model_cfg.image_size,
                         synthetic_counts=config["synthetic_counts"])
     ev = config["eval"]
@@ -313,7 +317,7 @@ def _fmt_time(seconds: float) -> str:
 
 
 def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, accelerator: str | None = None, progress: bool = False,
-             log: Callable[[str], None] = print) -> dict[str, int]:
+             log: Callable[[str], None] = _print) -> dict[str, int]:
     """Run every cell that is not finished, in order, printing one line per cell with the time left.
 
     Returns the number of cells per outcome: ``finished`` (already there), ``ran``.
@@ -350,4 +354,43 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, accelerator: str 
         dice = " ".join(f"{b} {by[b]:.3f}" if by.get(b) is not None else f"{b} -" for b in ("tiny", "small", "large"))
         log(f"[{i}/{len(todo)}] {cell.name}{why}: Dice {record['summary']['dice']:.3f} ({dice}) in {_fmt_time(times[-1])}; "
             f"{left} left, about {_fmt_time(left * sum(times) / len(times))}")
+    return counts
+
+
+def run_ablation(grid_file: str | os.PathLike, out: str | os.PathLike, *, seeds: Sequence[int] | None = None,
+                 model: str | None = None, accelerator: str | None = None, list_only: bool = False,
+                 progress: bool = False, log: Callable[[str], None] = _print) -> dict[str, int] | None:
+    """``boltzformer ablate GRID --out DIR``: check every cell, run those not finished, write the summary.
+
+    With ``list_only`` it prints each cell's status and runs nothing.
+    """
+    import logging
+    import warnings
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; expected a folder")
+    grid = load_grid(grid_file)
+    cells = expand_grid(grid, seeds=seeds, model=model)
+    configs = [resolve_cell(c, accelerator=accelerator) for c in cells]  # every cell checked before anything is written
+    if list_only:
+        for cell, config in zip(cells, configs):
+            log(f"{cell.name}: {cell_status(out / 'cells' / f'{cell.name}.json', config)}")
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"grid_file": str(grid_file), "grid": grid, "seeds": sorted({c.seed for c in cells}), "model": model,
+                       "settings": list(dict.fromkeys(c.setting for c in cells))}, out / "grid.json")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # one line per cell, not Lightning's banner per run
+    with warnings.catch_warnings():
+        # the same two notices every cell (its run folder holds config.json before the first checkpoint;
+        # a deprecation inside Lightning)
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        counts = run_grid(cells, out, accelerator=accelerator, progress=progress, log=log)
+    from boltzformer.evaluate.ablation import write_summary
+
+    result = write_summary(out)
+    log(result["markdown"])
+    log(f"summary: {out / 'summary.md'}, summary.json, summary.png")
     return counts
