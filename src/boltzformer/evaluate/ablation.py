@@ -152,7 +152,7 @@ def summary_markdown(rows: Sequence[dict[str, Any]], *, title: str = "Ablation",
     return "\n".join(lines) + "\n"
 
 
-def _figure(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+def _figure(rows: Sequence[dict[str, Any]], path: Path, title: str, level: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,9 +176,10 @@ def _figure(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         if key == "delta":
             ax.axvline(0, color="grey", lw=1)
     axes[0].set_yticks(ys, [r["setting"] for r in rows])
-    axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(BUCKETS), fontsize=8)
+    fig.suptitle(title + f": mean and {100 * level:g} % bootstrap interval", fontsize=10, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     with atomic_paths(path) as (tmp,):
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -202,6 +203,6 @@ def write_summary(folder: str | os.PathLike, *, level: float = 0.95, n_boot: int
               "skipped": skipped, "commits": commits, "rows": rows}
     write_text_atomic(folder / "summary.md", md)
     write_json_atomic(result, folder / "summary.json")
-    _figure(rows, folder / "summary.png", title)
+    _figure(rows, folder / "summary.png", title, level)
     result["markdown"] = md
     return result
