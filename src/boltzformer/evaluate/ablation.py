@@ -149,6 +149,9 @@ def summary_markdown(rows: Sequence[dict[str, Any]], *, title: str = "Ablation",
         if r["delta"]:
             seeds = next(iter(r["delta"].values()))["seeds"]
             lines.append(f"| {r['setting']} | {len(seeds)} | " + " | ".join(_ci(r["delta"].get(b), signed=True) for b in BUCKETS) + " |")
+    if any(len(r["seeds"]) == 1 for r in rows):
+        lines += ["", "A row with one seed has an interval over the test images only: it leaves out the training noise "
+                  "between seeds, which is the larger part here."]
     return "\n".join(lines) + "\n"
 
 
