@@ -90,6 +90,15 @@ def test_resume_skips_finished_cells_and_redoes_damaged_ones(tmp_path, monkeypat
     status = {c.name: cell_status(folder / f"{c.name}.json", configs[c.name]) for c in cells}
     assert status == {default.name: "finished", full.name: "damaged", masked.name: "damaged", peer.name: "changed",
                       steps.name: "missing"}
+    # a setting the package gained after the cell was made, left at its default, does not make it another cell
+    older = _fake_record(default, json.loads(json.dumps(configs[default.name])))
+    del older["config"]["model_config"]["pigma_channels"]
+    write(default, older)
+    assert cell_status(folder / f"{default.name}.json", configs[default.name]) == "finished"
+    changed = resolve_cell(default)
+    changed["model_config"]["pigma_channels"] = 3
+    assert cell_status(folder / f"{default.name}.json", changed) == "changed"
+    write(default, _fake_record(default, configs[default.name]))
     # where a cell runs does not make it another cell
     assert cell_status(folder / f"{default.name}.json", resolve_cell(default, accelerator="gpu")) == "finished"
 

@@ -215,6 +215,16 @@ def _comparable(config: dict[str, Any]) -> str:
     return json.dumps(c, sort_keys=True, default=str)
 
 
+def _without_new_defaults(current: Any, stored: Any, default: Any) -> Any:
+    """``current`` less the settings that ``stored`` lacks and that hold their default: a setting added
+    to the package after a cell was made, left at its default, does not make the cell another one."""
+    if not (isinstance(current, dict) and isinstance(stored, dict)):
+        return current
+    default = default if isinstance(default, dict) else {}
+    return {k: _without_new_defaults(v, stored.get(k), default.get(k)) for k, v in current.items()
+            if k in stored or not (k in default and default[k] == v)}
+
+
 def cell_status(path: Path, config: dict[str, Any]) -> str:
     """``"finished"``, ``"missing"``, ``"damaged"`` (unreadable or incomplete) or ``"changed"`` (made
     with another configuration) for the cell file ``path`` of a cell whose configuration is ``config``."""
@@ -228,7 +238,11 @@ def cell_status(path: Path, config: dict[str, Any]) -> str:
         return "damaged"
     if not ok:
         return "damaged"
-    return "finished" if _comparable(data.get("config", {})) == _comparable(config) else "changed"
+    from boltzformer.config import ModelConfig, TrainConfig, config_to_dict
+
+    stored = data.get("config", {})
+    defaults = {"model_config": config_to_dict(ModelConfig()), "train_config": config_to_dict(TrainConfig())}
+    return "finished" if _comparable(stored) == _comparable(_without_new_defaults(config, stored, defaults)) else "changed"
 
 
 def _commit() -> dict[str, Any]:
