@@ -1,4 +1,4 @@
-"""Command line: ``boltzformer train | evaluate | predict | explain | convert | demo | import | app``.
+"""Command line: ``boltzformer train | evaluate | predict | explain | convert | demo | import | app | ablate``.
 
 Every command checks its inputs first; a bad input is one line on stderr naming the file or
 argument, exit code 2, and nothing half-written (outputs go to a temporary name, then are renamed).
@@ -172,6 +172,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rename", action="append", default=[], metavar="LABEL=NAME", help='msd: e.g. --rename "cancer=liver tumor"')
     p.add_argument("--seed", type=int, default=0, help="msd: seed of the negative slices")
     p.add_argument("--window", default=None, help="msd: CT window name (liver, lung, ...) or CENTER,WIDTH in HU (default: from the labels)")
+
+    p = sub.add_parser("ablate", help="a grid of settings x seeds, each cell trained and evaluated; or its summary")
+    p.add_argument("grid", nargs="?", default=None, help="grid file (.yaml or .json): base, axes, seeds (configs/ablations/)")
+    p.add_argument("--out", default=None, help="output folder: cells/*.json (one per cell), runs/, summary.md/.json/.png")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every setting (default: the grid's)")
+    p.add_argument("--model", default=None, choices=["boltzformer", "monai-unet"],
+                   help="train this model in every cell (default: the grid's; monai-unet: the MONAI peer)")
+    p.add_argument("--accelerator", default=None, help="auto | cpu | gpu (default: the grid's train.accelerator)")
+    p.add_argument("--summary", default=None, metavar="DIR",
+                   help="summarise the finished cells of DIR (an --out folder): summary.md, summary.json, summary.png")
+    p.add_argument("--list", action="store_true", help="list the cells and whether each is finished; run nothing")
+    p.add_argument("--progress", action="store_true", help="show each cell's training progress bar")
 
     p = sub.add_parser("app", help="a browser page to segment uploaded images and volumes (gradio, offline)")
     p.add_argument("--checkpoint", required=True)
@@ -452,6 +464,25 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    if args.summary is not None:
+        if args.grid is not None or args.out is not None:
+            raise ValueError("--summary DIR summarises a finished run: give no grid file and no --out with it")
+        from boltzformer.evaluate.ablation import write_summary
+
+        result = write_summary(args.summary)
+        print(result["markdown"])
+        print(f"{Path(args.summary) / 'summary.md'}, summary.json, summary.png: {result['cells']} cells")
+        return 0
+    if args.grid is None or args.out is None:
+        raise ValueError("ablate needs a grid file and --out DIR (or --summary DIR)")
+    from boltzformer.train.ablate import run_ablation
+
+    run_ablation(args.grid, args.out, seeds=args.seeds, model=args.model, accelerator=args.accelerator,
+                 list_only=args.list, progress=args.progress)
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     import boltzformer.app
 
@@ -463,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "convert": cmd_convert, "explain": cmd_explain, "demo": cmd_demo,
-                "import": cmd_import, "app": cmd_app}
+                "import": cmd_import, "app": cmd_app, "ablate": cmd_ablate}
     if args.command != "import":
         from boltzformer.runtime import keep_freed_memory
 

@@ -234,6 +234,23 @@ def test_mask_logits_of_channels_last_maps_equal_einsum_without_copying_the_map(
     assert tuple(f.shape) not in copies.shapes, copies.shapes
 
 
+def test_without_the_text_conditioned_prior_the_first_sampling_ignores_the_prompt():
+    """pre_self_attention=False (the paper's "w/o text-conditioned prior" ablation): the first layer
+    samples from the learned queries' masks alone, the same for every prompt; with the prior it does not."""
+    images = _images(1).expand(2, -1, -1, -1)
+    prompts = ["nodule", "the irregular lesion"]
+    first = {}
+    for prior in (True, False):
+        torch.manual_seed(0)
+        model = boltzformer.build_model("tiny", pre_self_attention=prior, **SMALL).eval()
+        assert hasattr(model.decoder, "initial_self_attention_layer") == prior
+        with torch.no_grad():
+            out = model(images, prompts, generator=torch.Generator().manual_seed(0), return_sampling=True)
+        first[prior] = out.sampling[0].probs
+    torch.testing.assert_close(first[False][0], first[False][1])
+    assert not torch.allclose(first[True][0], first[True][1])
+
+
 def test_same_seed_same_sets_and_mask_with_and_without_the_c_kernels(monkeypatch):
     """The draws come from one counter-based stream whether or not a C compiler is present. Later
     layers' distributions come from attention outputs whose float32 sums are ordered differently

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import lightning as L
 import torch
@@ -27,6 +27,9 @@ from boltzformer.data.patches import PatchDataset, size_weights, window_step
 from boltzformer.features import FeatureCache
 from boltzformer.data.synthetic import SyntheticDataset
 from boltzformer.train.module import BoltzFormerModule
+
+if TYPE_CHECKING:
+    from boltzformer.train.peer import PeerConfig
 
 __all__ = ["TrainJob", "run_training"]
 
@@ -48,6 +51,9 @@ class TrainJob:
     # to hold "backbone" and turns on train.feature_flips
     feature_cache: Path | None = None
     fold: tuple[int, int] | None = None  # cross-validation fold (k, n) of the data folders (data/folder.py)
+    # train a MONAI peer (train/peer.py) with this loop instead of the BoltzFormer; ``model`` gives its
+    # image size and pixel normalisation
+    peer: "PeerConfig | None" = None
 
 
 def _loaders(job: TrainJob, tc: TrainConfig) -> tuple[DataLoader, DataLoader]:
@@ -111,7 +117,16 @@ def run_training(job: TrainJob) -> Path:
         tc = dataclasses.replace(tc, feature_flips=True)
     L.seed_everything(tc.seed, workers=True, verbose=False)
     train_dl, val_dl = _loaders(job, tc)  # checks the data before anything is written
-    module = BoltzFormerModule.create(job.model, tc)
+    if job.peer is not None:
+        from boltzformer.train.peer import PeerModule
+
+        if job.feature_cache is not None:
+            raise ValueError("--feature-cache applies to a BoltzFormer's frozen backbone, not to the MONAI peer")
+        if job.init is not None:
+            raise ValueError("init (fine-tuning) applies to BoltzFormer checkpoints, not to the MONAI peer")
+        module: BoltzFormerModule = PeerModule.create(job.model, tc, job.peer)
+    else:
+        module = BoltzFormerModule.create(job.model, tc)
     if job.init is not None and not job.resume:
         _load_initial_weights(module, Path(job.init))
     if job.feature_cache is not None:
@@ -125,6 +140,7 @@ def run_training(job: TrainJob) -> Path:
             "data_seed": job.data_seed,
             "fold": list(job.fold) if job.fold else None,
             "synthetic_counts": job.synthetic_counts,
+            **({"peer": dataclasses.asdict(job.peer)} if job.peer is not None else {}),
         },
         out / "config.json",
     )
