@@ -156,7 +156,7 @@ def test_error_checkpoint_that_is_not_ours(run_dir, tmp_path, capsys, kind):
         needle = "could not be read"
     else:
         needle = "does not exist"
-    image = _png(tmp_path / "scan.png", np.zeros((64, 64), np.uint8))
+    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     _fails(["predict", "--checkpoint", str(ckpt), "--image", str(image), "--prompt", "x", "--out", str(tmp_path / "m.png")],
            capsys, str(ckpt), needle)
     assert not (tmp_path / "m.png").exists()

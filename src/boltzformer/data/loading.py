@@ -34,7 +34,7 @@ def open_dataset(
     synthetic_counts: dict[str, int] | None = None,
 ) -> Dataset:
     """``"synthetic"`` (the built-in benchmark) or one or more dataset folders (comma-separated or a
-    list), each in the ``shared/data`` format. ``split``: "train", "val" or "test"."""
+    list), each in the ``shared/data`` format. ``split``: "train", "val", "test" or "all" (every sample)."""
     paths = _split_paths(data)
     if not paths:
         raise ValueError("--data is empty: give 'synthetic' or a dataset folder")
@@ -43,6 +43,8 @@ def open_dataset(
 
         counts = synthetic_counts or {}
         cfg = SyntheticConfig(image_size=synthetic_size, seed=seed, **counts)
+        if split == "all":
+            return ConcatDataset([SyntheticDataset(s, cfg) for s in ("train", "val", "test")])
         return SyntheticDataset(split, cfg)
     if SYNTHETIC in paths:
         raise ValueError("'synthetic' cannot be mixed with dataset folders in --data")
