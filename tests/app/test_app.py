@@ -233,3 +233,13 @@ def test_cli_app_serves_on_localhost_and_rejects_a_missing_checkpoint(tmp_path, 
     monkeypatch.setattr("boltzformer.app.serve", lambda checkpoint, **kw: calls.append((checkpoint, kw)))
     assert main(["app", "--checkpoint", "m.ckpt", "--port", "7999"]) == 0
     assert calls == [("m.ckpt", {"host": "127.0.0.1", "port": 7999})]
+
+
+def test_the_app_removes_its_temporary_folder_on_exit():
+    ui = importlib.import_module("boltzformer.app.ui")
+    session = ui._Session(boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4), None, 2**20, 2**20)
+    root = session.root
+    (session.request_dir() / "mask.png").write_bytes(b"x")
+    assert root.is_dir() and session._cleanup.atexit  # runs at interpreter exit too
+    session._cleanup()
+    assert not root.exists()
