@@ -474,8 +474,9 @@ def _predict_one_image(args: argparse.Namespace, prompts: list[str], window) -> 
     if existence is not None:
         print(f"existence: {existence:.3f} (target {'present' if existence >= args.existence_threshold else 'absent'})")
     area = float(mask.mean())
-    print(f"{out}: {len(found)} lesion(s), {int(mask.sum())} pixels ({100 * area:.3f}% of the image), max probability {float(prob.max()):.3f}, {elapsed:.2f} s")
     print(f"overlay: {overlay_path}; record (what made it): {record}")
+    print(f"intensities: {plan['mapping']} ({plan['why']})")
+    print(f"{out}: {len(found)} lesion(s), {int(mask.sum())} pixels ({100 * area:.3f}% of the image), max probability {float(prob.max()):.3f}, {elapsed:.2f} s")
     return 0
 
 
