@@ -170,7 +170,8 @@ CASES: list[Case] = [
     Case("predict_out_under_file", "--out inside a file", lambda f: _p(f, out="inputs/a_file/mask.png"), 2),
     Case("predict_folder_to_png", "--input a folder, --out a mask .png", lambda f: _p(f, inp=f.folder), 2),
     Case("predict_volume_to_png", "--input a volume, --out a mask .png", lambda f: _p(f, inp=f.nifti), 2),
-    Case("predict_two_dicom_series", "a DICOM folder of two series, no --series-uid", lambda f: _p(f, inp=f.dicom2, out="out/dcm"), 2),
+    Case("predict_two_dicom_series", "a DICOM folder of two series, no --series-uid (one skipped line)",
+         lambda f: _p(f, inp=f.dicom2, out="out/dcm"), 1),
     Case("predict_dicom_series_uid", "the same with --series-uid", lambda f: _p(f, "--series-uid", "1.2.826.0.1.2", inp=f.dicom2, out="out/dcm"), 0),
     Case("predict_checkpoint_missing", "--checkpoint does not exist",
          lambda f: ["predict", "--checkpoint", str(f.work / "no.ckpt"), "--input", str(f.png), "--prompt", "x", "--out", str(f.work / "out/m.png")], 2),
@@ -220,7 +221,7 @@ CASES: list[Case] = [
     # --- import, convert, explain, app, the parser
     Case("import_source_missing", "source folder does not exist", lambda f: ["import", str(f.work / "nosource"), "--out", str(f.work / "imp")], 2),
     Case("import_no_layout", "source of no known layout", lambda f: ["import", str(f.no_layout), "--out", str(f.work / "imp")], 2),
-    Case("import_out_is_file", "--out is a file", lambda f: ["import", str(f.no_layout), "--out", str(f.a_file)], 2),
+    Case("import_out_is_file", "--out is a file", lambda f: ["import", str(f.no_layout), "--kind", "folder", "--out", str(f.a_file)], 2),
     Case("convert_weights_missing", "--weights does not exist",
          lambda f: ["convert", "--preset", "tiny", "--weights", str(f.work / "no.pt"), "--out", str(f.work / "conv.ckpt")], 2),
     Case("explain_image_missing", "--image does not exist",
@@ -252,8 +253,8 @@ def run_in_process(argv: list[str], cwd: Path) -> tuple[int, str, str]:
 
 
 def _message(rc: int, stdout: str, stderr: str) -> str:
-    """The line a user reads: for exit 2 the first error line on stderr; otherwise what a rerun redid
-    (if anything) and the last line of the output."""
+    """The line a user reads: for exit 2 the first error line on stderr; otherwise the first skipped
+    file (exit 1), what a rerun redid (if anything) and the last line of the output."""
     noise = ("Warning", "warn(", "GPU available", "TPU available", "`Trainer", "  ")
     err = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith(noise) and "\r" not in ln]
     errors = [ln for ln in err if "error" in ln.lower()] or err
@@ -261,7 +262,10 @@ def _message(rc: int, stdout: str, stderr: str) -> str:
         return errors[0]
     out = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
     said = [ln for ln in err + out if any(w in ln for w in ("redone", "again", "--force", "up to date", "intensities:"))][:1]
-    return " | ".join(said + (out[-1:] if out else errors[:1]))
+    if rc == 1:  # a folder run that skipped files: the first skipped line too
+        said = errors[:1] + said
+    last = out[-1:] if out else errors[:1]
+    return " | ".join(dict.fromkeys(said + last))  # once each
 
 
 def run_cases(cases: list[Case], files: Files, runner=run_subprocess) -> list[dict]:

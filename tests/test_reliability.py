@@ -14,7 +14,8 @@ import boltzformer
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ["predict_ok", "predict_16bit_ct_prompt", "predict_nan_tiff", "predict_1x1", "predict_window_unknown",
-          "predict_out_under_file", "predict_folder_to_png", "predict_two_dicom_series", "predict_checkpoint_text",
+          "predict_out_under_file", "predict_folder_to_png", "predict_two_dicom_series", "predict_dicom_series_uid",
+          "predict_checkpoint_text",
           "predict_folder_rerun_threshold", "predict_non_utf8_name", "evaluate_out_is_folder", "import_out_is_file"]
 
 

@@ -292,6 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     title = f"{args.data} ({args.split})"
     write_report(report, args.out, title=title)
     print(report_to_markdown(report, title=title))
+    print(f"{args.out}: {report['n']} samples of {args.data} ({args.split}), Dice {report['dice']:.3f}")
     return 0
 
 

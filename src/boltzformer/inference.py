@@ -394,7 +394,8 @@ def run_batch(
     elif redone:
         log(f"{n_redone} (file, prompt) pair(s) redone, made by something else before: "
             + "; ".join(f"{k} ({v})" for k, v in sorted(redone.items())))
-    write_json_atomic({"made_by": model_by, "options": json.loads(json.dumps(options)), "pairs": [asdict(r) for r in rows]},
+    shown = {k: v for k, v in options.items() if k in MASK_SETTINGS}  # not the progress callback
+    write_json_atomic({"made_by": model_by, "options": json.loads(json.dumps(shown)), "pairs": [asdict(r) for r in rows]},
                       out / "summary.json")
     return rows
 
