@@ -516,8 +516,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output(out, kind="file")
     check_output(out.with_name(out.name + ".load.json"), kind="file")
+    if not Path(args.weights).exists():
+        raise FileNotFoundError(f"--weights {args.weights} does not exist")
     if not Path(args.weights).is_file():
-        raise FileNotFoundError(f"--weights {args.weights} is not a file")
+        raise ValueError(f"--weights {args.weights} is a folder; expected a .pt / .pth / .ckpt / .safetensors file")
     model = build_model(args.preset, **_overrides(args.set))
     report = load_pretrained(model, args.weights)
     save_checkpoint(model, out)
