@@ -152,3 +152,29 @@ def test_per_head_sets_include_each_token_with_one_minus_one_minus_p_to_the_n(ke
     z = (keep.double().mean(0) - expected) / torch.sqrt(expected * (1 - expected) / R)
     assert z.abs().max() < 4.5, z.abs().max()
     assert not torch.equal(keep[:, 0], keep[:, 1])
+
+
+def test_a_seed_draws_the_same_sets_with_and_without_the_c_kernels(monkeypatch):
+    """One random stream: the PyTorch form (no C compiler, or BOLTZFORMER_CPU_KERNELS=0) makes the
+    kernels' counter-based numbers and maps them the same way, so the same generator state gives
+    the same sets: per-head indices, keep masks with a threshold, and the uniform mode."""
+    from boltzformer import cpu_kernels
+
+    if not cpu_kernels.available(torch.zeros(1)):
+        pytest.skip("no C compiler: the CPU kernels are not built (nothing to compare with)")
+    logits = torch.randn(2, 6, 500, generator=torch.Generator().manual_seed(0)) * 4
+    logits[0, 0] = -30.0  # a row with no candidate above the threshold: drawn uniformly
+    results = {}
+    for kernels in ("1", "0"):
+        monkeypatch.setenv("BOLTZFORMER_CPU_KERNELS", kernels)
+        g = torch.Generator().manual_seed(11)
+        results[kernels] = (
+            sample_token_indices(logits, 0.25, 0.1, generator=g, sets=4),
+            boltzmann_keep_mask(logits, 0.5, 0.1, threshold=0.97, generator=g),
+            BoltzmannSampler(mode="uniform", ratio=0.1)(logits, 0, 4, generator=g).indices,
+        )
+    (idx1, valid1), keep1, uniform1 = results["1"]
+    (idx0, valid0), keep0, uniform0 = results["0"]
+    assert torch.equal(idx1, idx0) and torch.equal(valid1, valid0)
+    assert torch.equal(keep1, keep0) and torch.equal(uniform1, uniform0)
+    assert keep1.sum() > 0 and not torch.equal(idx1[..., 0, :], idx1[..., 1, :])

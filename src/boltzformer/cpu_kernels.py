@@ -659,7 +659,20 @@ void plan_softmax_backward(const float* P, const float* dP, const int64_t* off, 
    output for state seed + (i + 1) * gamma (Steele, Lea & Flood 2014), whose top 24 bits give
    v = (bits + 1) / 2^24 in (0, 1], then E = -log v (float32, Cephes' polynomial for log, to about
    1 ulp). The same seed gives the same numbers whatever the number of threads, and gcc vectorises
-   the loop (AVX-512DQ multiplies 64-bit lanes). */
+   the loop (AVX-512DQ multiplies 64-bit lanes). Contraction into fused multiply-adds is off in this
+   function: each step is one IEEE float32 operation, so that PyTorch (boltzformer.kernels.counter_rng)
+   and Triton make the very same numbers (with contraction, 0.12 % of the 2^24 inputs differed by
+   1 ulp). */
+#if defined(__clang__)
+#define EXACT_FLOAT_BEGIN _Pragma("clang fp contract(off)")
+#define EXACT_FLOAT_FUNCTION
+#elif defined(__GNUC__)
+#define EXACT_FLOAT_BEGIN
+#define EXACT_FLOAT_FUNCTION __attribute__((optimize("fp-contract=off")))
+#else
+#define EXACT_FLOAT_BEGIN
+#define EXACT_FLOAT_FUNCTION
+#endif
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 static inline uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -667,7 +680,8 @@ static inline uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-void exponentials(uint64_t seed, uint64_t first, int64_t m, float* out) {
+EXACT_FLOAT_FUNCTION void exponentials(uint64_t seed, uint64_t first, int64_t m, float* out) {
+    EXACT_FLOAT_BEGIN
     for (int64_t i = 0; i < m; i++) {
         uint32_t bits = (uint32_t)(mix64(seed + (first + (uint64_t)i + 1) * GOLDEN) >> 40) + 1u;  /* 1 .. 2^24 */
         float v = (float)bits;  /* exact; the 2^-24 scale is added to the exponent below */
@@ -819,7 +833,12 @@ def _threads(work: int) -> int:
 
 
 def _ptr(t: Tensor) -> int:
-    assert t.is_contiguous(), "kernel inputs must be contiguous"
+    # real checks, not asserts (gone under python -O): a CUDA pointer or a strided view would be read
+    # as a contiguous CPU array
+    if t.device.type != "cpu":
+        raise ValueError(f"the CPU kernels take CPU tensors, got one on {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"the CPU kernels take contiguous tensors, got shape {tuple(t.shape)} strides {t.stride()}")
     return t.data_ptr()
 
 

@@ -22,6 +22,7 @@ Nothing in this module has parameters: any decoder can use it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from boltzformer import cpu_kernels
+from boltzformer.kernels import counter_rng, triton_usable
 
 __all__ = [
     "ATTENTION_MODES",
@@ -107,10 +109,21 @@ def inclusion_probability(probs: Tensor, n: int) -> Tensor:
 
 
 def _exponentials(shape: tuple[int, ...], n: int, device, generator: torch.Generator | None) -> Tensor:
-    """``n + 1`` i.i.d. standard exponentials per row of ``shape``: float64 (*shape, n + 1)."""
-    # -log(1 - U) is a standard exponential (and finite: 1 - U is in (0, 1]); twice as fast as exponential_
-    u = torch.rand((*shape, n + 1), dtype=torch.float64, device=device, generator=generator)
-    return u.neg_().log1p_().neg_()
+    """``n + 1`` i.i.d. standard exponentials per row of ``shape``: float64 (*shape, n + 1).
+
+    They are the counter-based stream of :mod:`boltzformer.kernels.counter_rng` (what the C and
+    Triton kernels make), for one seed drawn from ``generator``: number ``(row, i)`` is the stream's
+    number ``row * (n + 1) + i``. So the same generator state gives the same numbers with the C
+    kernels, without them, and on a GPU, bit for bit."""
+    seed = counter_rng.seed_tensor(generator, device)
+    count = math.prod(shape) * (n + 1)
+    if seed.is_cuda and triton_usable(seed):  # one kernel instead of ~50 elementwise passes
+        from boltzformer.kernels import triton_attention
+
+        e = triton_attention.exponentials(seed, count)
+    else:
+        e = counter_rng.exponentials(seed, count)
+    return e.view(*shape, n + 1).double()
 
 
 def _order_statistics(exponentials: Tensor) -> Tensor:
@@ -147,17 +160,22 @@ def _weighted_draws(
     about three times the cost on CPU.
 
     The CPU kernel (``cpu_kernels.weighted_draws``) does the same in one pass per row, and makes
-    its exponentials itself from one seed drawn from ``generator``, with a counter-based generator:
-    PyTorch's CPU ``rand`` is one sequential stream and was a third of the sampling's time. So the
-    same generator state gives the same draws on every run and thread count, but not the same as
-    the PyTorch form (GPU, or no C compiler), whose numbers come from ``torch.rand``. Both map the
-    same exponentials to the same draws, and both draw from the same distribution (tested).
+    its exponentials itself from one seed drawn from ``generator``, with the counter-based stream
+    of :mod:`boltzformer.kernels.counter_rng` (PyTorch's CPU ``rand`` is one sequential stream and
+    was a third of the sampling's time). This PyTorch form (a GPU, or no C compiler) draws the same
+    seed and makes the same numbers bit for bit, and both map them to the draws with the same
+    float64 operations in the same order (cumulative sums, one reciprocal, a clamp, the search for
+    the first CDF value above): on CPU the same generator state gives the same draws with and
+    without the C kernels (tested). On a GPU the numbers are the same, but the distribution comes
+    from a softmax and sums whose rounding differs from the CPU's by about 1e-7 relative: a draw
+    whose point lands that close to a boundary of the cumulative distribution (chance about
+    1e-7 N per draw for N tokens) may pick the neighbouring token; every other draw is the same.
     """
     *lead, N = weights.shape
     w = weights.reshape(-1, N).float().contiguous()
     R, k = w.shape[0], 1 if sets is None else sets
     if cpu_kernels.available(w):
-        seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))  # in [0, 2^63)
+        seed = int(counter_rng.seed_tensor(generator, "cpu"))  # in [0, 2^63); the one _exponentials draws
         idx, valid = cpu_kernels.weighted_draws(w, sets=k, n=n, seed=seed)
     else:
         spacings = _exponentials((R, k), n, w.device, generator)  # what _sorted_uniforms draws

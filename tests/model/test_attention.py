@@ -293,3 +293,34 @@ def test_plan_refuses_keys_beyond_int32():
     draws = torch.zeros(2, 3, dtype=torch.int64)
     with pytest.raises(ValueError, match="int32"):
         cpu_kernels.plan(draws, torch.ones(2, 3, dtype=torch.bool), 2**31, 64)
+
+
+def test_cuda_without_triton_attends_densely_with_the_set_as_a_mask(monkeypatch):
+    """The form CUDA tensors take without Triton (forced here on CPU tensors): dense attention with
+    the drawn set as a mask, the same values and gradients as the sampled form."""
+    import boltzformer.model.attention as attention
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 4)
+    q, k, v = _inputs()
+    idx, valid = sample_token_indices(torch.randn(2, 4, 5, 200), 0.5, 0.1, generator=torch.Generator().manual_seed(1))
+    shift = torch.randn(32)
+    results = []
+    for masked in (False, True):
+        monkeypatch.setattr(attention, "_masked_fallback", lambda query: masked)
+        attn.zero_grad()
+        xs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = attn.forward_sampled(*xs, indices=idx, valid=valid, value_shift=shift)
+        out.square().sum().backward()
+        results.append([out.detach()] + [x.grad for x in xs] + [attn.in_proj_weight.grad.clone()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_kernels_refuse_tensors_they_cannot_read():
+    """Real checks (not asserts): a tensor that is not on the CPU, or not contiguous, is refused."""
+    with pytest.raises(ValueError, match="CPU tensors, got one on meta"):
+        cpu_kernels._ptr(torch.empty(4, device="meta"))
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_kernels._ptr(torch.zeros(4, 4).t())
+    assert not cpu_kernels.available(torch.empty(4, device="meta"))

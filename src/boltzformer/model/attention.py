@@ -10,8 +10,10 @@ code load into it unchanged. It is batch-first and runs in one of three forms:
   Only the drawn keys are touched, so the cost is O(Q n d) instead of O(Q N d), and nothing of size
   n x d is materialised per query. On CPU the C kernels of :mod:`boltzformer.cpu_kernels` do it:
   the draws are regrouped by blocks of keys once (a plan), then scores, softmax, weighted sum and
-  their backward walk the plan in order. Elsewhere (or without a C compiler) PyTorch's
-  ``torch.sparse.sampled_addmm`` forms the scores and ``F.embedding_bag`` the weighted sum. Both
+  their backward walk the plan in order. On CUDA the Triton kernels of
+  :mod:`boltzformer.kernels.triton_attention` do it (without Triton, PyTorch's fused attention with
+  the set as a mask). Elsewhere (or without a C compiler) PyTorch's
+  ``torch.sparse.sampled_addmm`` forms the scores and ``F.embedding_bag`` the weighted sum. All
   give the same result as the dense form with the same set masked in (tested).
 
 The sampled form is put together by hand because no maintained library offers attention over a
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from boltzformer import cpu_kernels
+from boltzformer.kernels import triton_usable
 
 __all__ = ["MultiHeadAttention", "sampled_attention", "sampled_attention_rows"]
 
@@ -120,7 +123,7 @@ class MultiHeadAttention(nn.Module):
             (B, Q, C), equal to :meth:`forward` with ``keep`` the set of valid indices (and value
             ``value + value_shift``).
 
-        With the CPU kernels (``boltzformer/cpu_kernels.py``) and few enough draws, the key and value
+        With the CPU or Triton kernels and few enough draws (see :func:`_fold`), the key and value
         projections are folded away: ``q . (W_k x + b_k) = (W_k^T q) . x + q . b_k``, whose last
         term is the same for every key of a row and cancels in the softmax, and, the weights summing
         to 1, ``sum_j a_j (W_v x_j + b_v) = W_v (sum_j a_j x_j) + b_v``. The drawn tokens' raw
@@ -135,17 +138,20 @@ class MultiHeadAttention(nn.Module):
         idx = indices.transpose(1, 2)  # B x Q x H x n
         n = idx.shape[-1]
         valid = valid.transpose(1, 2).reshape(B * Q * H, n)
+        if _masked_fallback(query):
+            # CUDA without Triton: PyTorch's fused attention with the set as a mask (O(Q N d), no host sync)
+            keep = torch.zeros((B, H, Q, N), dtype=torch.bool, device=query.device).scatter_(-1, indices, True)
+            return self(query, key, value if value_shift is None else value + value_shift, keep=keep)
         q = F.linear(query, w[:C], b[:C]).view(B, Q, H, d)
         draws = idx.reshape(B * Q * H, n)  # rows (batch, query, head); tokens of image b at b * N
-        # folded: 2 Q H n C multiply-adds on raw rows; projected: 4 N C^2 of GEMMs (about 3x the
-        # throughput per multiply-add on CPU) + 2 Q H n d
-        if cpu_kernels.available(query) and 3 * Q * H * n < N * C:
+        if _fold(query, Q * H * n, N, C, d):
             wk, wv = w[C : 2 * C].view(H, d, C), w[2 * C :].view(H, d, C)
             # B x Q x H x d . H x d x C -> (B*Q*H) x C: each row's query in the input space of the keys
             folded = torch.einsum("bqhd,hdc->bqhc", q, wk).reshape(B * Q * H, C)
-            # the kernels read float32 (under bf16 autocast the maps may be bfloat16)
+            # the C kernels read float32 (under bf16 autocast the maps may be bfloat16); Triton reads either
+            cast = (lambda t: t.float()) if query.device.type == "cpu" else (lambda t: t)  # noqa: E731
             mixed = sampled_attention_rows(
-                folded.float(), key.reshape(B * N, C).float(), value.reshape(B * N, C).float(), rows=draws,
+                cast(folded), cast(key.reshape(B * N, C)), cast(value.reshape(B * N, C)), rows=draws,
                 valid=valid, scale=d**-0.5, per_batch=Q * H, stride=N, tied=keys_from_values,
             )
             if value_shift is not None:
@@ -162,6 +168,27 @@ class MultiHeadAttention(nn.Module):
         out = sampled_attention_rows(q.reshape(B * Q * H, d), k, v, rows=draws, valid=valid, heads=H, per_batch=Q * H,
                                      stride=N)
         return self.out_proj(out.view(B, Q, C))  # (B*Q*H) x d -> B x Q x C
+
+
+def _masked_fallback(query: Tensor) -> bool:
+    """CUDA tensors without Triton (or ``BOLTZFORMER_TRITON=0``): the sampled form is dense
+    attention with the set as a mask, PyTorch's fused kernels being faster there than its sparse
+    operations (which also synchronise with the host)."""
+    return query.is_cuda and not triton_usable(query)
+
+
+def _fold(query: Tensor, draws: int, N: int, C: int, d: int) -> bool:
+    """Whether to attend over the raw tokens with folded projections (``draws`` = Q H n in all).
+
+    CPU kernels: folded, 2 Q H n C multiply-adds on raw rows; projected, 4 N C^2 of GEMMs (about
+    3x the throughput per multiply-add on CPU) + 2 Q H n d. Triton: a GPU's GEMMs cost next to
+    nothing and its gathers are memory traffic: folded gathers Q H n C values, projected
+    Q H n d plus writing and reading the projected keys and values (4 N C). Elsewhere never."""
+    if cpu_kernels.available(query):
+        return 3 * draws < N * C
+    if triton_usable(query):
+        return draws * (C - d) < 4 * N * C
+    return False
 
 
 def _sddmm(a: Tensor, x: Tensor, rows: Tensor) -> Tensor:
@@ -288,6 +315,12 @@ def sampled_attention_rows(
         plan = _PlannedAttention.plan(k, rows, valid, (heads, per_batch, stride))
         scores, top = cpu_kernels.plan_sddmm((q * scale).contiguous(), k.contiguous(), plan, row_max=True)
         return cpu_kernels.plan_spmm(scores, v.contiguous(), plan, row_max=top)
+    if triton_usable(q, k, v):
+        from boltzformer.kernels import triton_attention
+
+        out = triton_attention.sampled_attention(q * scale, k, v, draws=rows, valid=valid, heads=heads,
+                                                 per_batch=per_batch, stride=stride, tied=tied)
+        return out.to(q.dtype)
     if heads != 1 or stride:
         r = torch.arange(rows.shape[0], device=rows.device)[:, None]
         rows = (rows + (r // (per_batch or rows.shape[0])) * stride) * heads + r % heads

@@ -43,7 +43,7 @@ class HFTextEncoder(TextEncoder):
 
     def forward(self, prompts: Sequence[str], device: torch.device) -> TextFeatures:
         tok = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        input_ids, attention_mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+        input_ids, attention_mask = tok["input_ids"].to(device, non_blocking=True), tok["attention_mask"].to(device, non_blocking=True)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # B x L x H
         tokens = self.proj(hidden)  # B x L x C
         if self.pool_last:

@@ -226,4 +226,5 @@ class BuiltinTextEncoder(TextEncoder):
 
     def forward(self, prompts: Sequence[str], device: torch.device) -> TextFeatures:
         input_ids, attention_mask = self.tokenizer(prompts)
-        return self.encode_ids(input_ids.to(device), attention_mask.to(device))
+        # non-blocking: no host synchronisation on a GPU (the token arrays are this call's own)
+        return self.encode_ids(input_ids.to(device, non_blocking=True), attention_mask.to(device, non_blocking=True))
