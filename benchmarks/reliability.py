@@ -5,7 +5,7 @@ folder (and a tiny checkpoint it trains in a few steps), then the table is writt
 ``docs/reliability.md`` (command, expected and actual exit code, the first line of the message) and
 ``docs/reliability.json``. Nothing in the table is written by hand.
 
-    PYTHONPATH=src python benchmarks/reliability.py                 # all cases (about 5 min on 2 CPU cores)
+    PYTHONPATH=src python benchmarks/reliability.py                 # all cases (5-15 min on 2 CPU cores)
     PYTHONPATH=src python benchmarks/reliability.py --only predict_nan_tiff --only evaluate_split_all
 
 Exit codes: 0 done; 1 a folder run finished with files it could not read (each named in one line);

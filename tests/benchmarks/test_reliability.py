@@ -12,7 +12,7 @@ import torch
 
 import boltzformer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUBSET = ["predict_ok", "predict_16bit_ct_prompt", "predict_nan_tiff", "predict_1x1", "predict_window_unknown",
           "predict_out_under_file", "predict_folder_to_png", "predict_two_dicom_series", "predict_dicom_series_uid",
           "predict_checkpoint_text",
