@@ -111,9 +111,26 @@ def timed(fn, device, repeat: int, warmup: int = 1) -> float:
     return (time.perf_counter() - t) / repeat
 
 
+def _tokenizer_overrides(preset: str) -> dict:
+    """Neither the timings nor these checks depend on which tokenizer makes the ids: where the CLIP
+    tokenizer of the paper-size presets cannot be loaded (a bare GPU machine has neither ../shared nor
+    internet), they are built with the hash tokenizer, and the run says so."""
+    if boltzformer.get_preset(preset).text.tokenizer != "clip":
+        return {}
+    from boltzformer.model.clip_tokenizer import load_clip_tokenizer
+
+    try:
+        load_clip_tokenizer()
+        return {}
+    except ValueError:
+        print(f"{preset}: no CLIP tokenizer files here; built with the hash tokenizer (same sizes and timings)", flush=True)
+        return {"text.tokenizer": "hash"}
+
+
 def build(preset: str, device, **overrides):
     """The model with its parameters made on ``device`` (a 340M-parameter encoder takes seconds to
     initialise on a CPU), or made on the CPU and moved where that fails."""
+    overrides = {**_tokenizer_overrides(preset), **overrides}
     try:
         with device:
             return boltzformer.build_model(preset, **overrides)

@@ -10,7 +10,6 @@ import torch
 
 import boltzformer
 from boltzformer.checkpoint import CheckpointError
-from boltzformer.model.text import TextFeatures
 from boltzformer.weights import load_pretrained, map_official_key, map_sam2_key, map_xdecoder_key
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "golden"
@@ -39,7 +38,7 @@ def test_key_mapping():
 
 
 @pytest.fixture(scope="module")
-def golden_model():
+def golden_model(clip_tokenizer_folder):
     if not (GOLDEN / "weights.safetensors").is_file():
         pytest.skip(f"golden reference files not found at {GOLDEN}")
     torch.manual_seed(0)
@@ -54,21 +53,22 @@ def test_official_checkpoint_loads_completely(golden_model):
     assert len(report.loaded) == 225
 
 
-def _golden_forward(model, mode: str, monkeypatch):
-    """The golden image and prompt through ``model`` with ``mode`` attention, the prompt given as the
-    golden CLIP token ids in place of our tokenizer's."""
+def _golden_forward(model, mode: str, monkeypatch=None):
+    """The golden image and prompt string through ``model`` with ``mode`` attention: the prompt goes
+    through our CLIP tokenizer and text encoder (checked to make the golden token ids on the way)."""
     shared = dict(np.load(GOLDEN / "shared.npz"))
     model.decoder.sampler.mode = mode
-    ids, mask = torch.from_numpy(shared["input_ids"]), torch.from_numpy(shared["attention_mask"])
-    n = int(mask.sum())
-    encoder = model.text_encoder
-    monkeypatch.setattr(encoder, "forward", lambda prompts, device: encoder.encode_ids(ids[:, :n], mask[:, :n]))
+    assert model.config.text.tokenizer == "clip"
+    ids, mask = model.text_encoder.tokenizer([str(shared["prompt"])])
+    assert ids.tolist() == shared["input_ids"].tolist() and mask.tolist() == shared["attention_mask"].tolist()
     with torch.no_grad():
         return model(torch.from_numpy(shared["image_float32"]), [str(shared["prompt"])])
 
 
 @pytest.mark.parametrize("case", ["full", "masked"])
 def test_whole_model_matches_the_official_code(golden_model, case, monkeypatch):
+    """From the prompt string: tokenizer -> text encoder -> decoder -> mask, against the authors' outputs
+    (tolerances of ../shared/reference/golden/README.md)."""
     load_pretrained(golden_model, GOLDEN / "weights.safetensors")
     data = dict(np.load(GOLDEN / f"case_{case}.npz"))
     out = _golden_forward(golden_model, case, monkeypatch)
@@ -204,3 +204,15 @@ def test_whole_model_matches_the_official_code_with_non_constant_weights(golden_
         torch.testing.assert_close(ours[..., -32:, -32:], torch.from_numpy(data[f"{name}_corner32"]), atol=atol, rtol=0)
         mean = ours.double().mean(dim=(-2, -1)).flatten()
         torch.testing.assert_close(mean, torch.from_numpy(data[f"{name}_chan_mean"]).double(), atol=atol, rtol=0)
+
+
+def test_own_checkpoint_is_refused_by_a_model_with_another_tokenizer(tmp_path, clip_tokenizer):
+    sizes = {"num_layers": 2, "num_queries": 4, "text.vocab_size": 49408}
+    torch.manual_seed(0)
+    hashed = boltzformer.build_model("tiny", **sizes)
+    boltzformer.save_checkpoint(hashed, tmp_path / "hash.ckpt")
+    clip = boltzformer.build_model("tiny", **sizes, **{"text.tokenizer": "clip"})
+    with pytest.raises(CheckpointError, match=r"hash.ckpt: its text weights were trained on 'hash' tokenizer ids but the model's text tokenizer is 'clip'"):
+        load_pretrained(clip, tmp_path / "hash.ckpt")
+    report = load_pretrained(hashed, tmp_path / "hash.ckpt")
+    assert report.tokenizer == "hash" and report.missing == {} and "text tokenizer: hash" in report.summary()

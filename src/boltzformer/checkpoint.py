@@ -4,7 +4,9 @@ A checkpoint is a ``torch.save`` dict that holds, besides the weights, a ``"bolt
 with the format version and the :class:`~boltzformer.config.ModelConfig` that rebuilds the model.
 Lightning's ``last.ckpt`` files from ``boltzformer train`` carry it too (weights under
 ``state_dict`` with a ``model.`` prefix). Loading uses ``weights_only=True`` and strict key
-checking: a file that is not one of ours, or does not fit, is a :class:`CheckpointError`.
+checking: a file that is not one of ours, or does not fit, is a :class:`CheckpointError`. The
+config records the text tokenizer the weights were trained with (``text.tokenizer``); loading with
+another one is refused.
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def _read(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; expected a .ckpt or .pt file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        from boltzformer.weights import _torch_load
+
+        data = _torch_load(path)  # memory-mapped where the format allows
     except Exception as exc:  # torch raises many kinds for corrupt or foreign files
         raise CheckpointError(f"checkpoint {path} could not be read as a torch file (one written by torch.save): {_load_error(exc)}") from None
     if not isinstance(data, dict) or _KEY not in data:
@@ -91,6 +95,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
     model = build_model(cfg, **overrides)
+    if model.config.text.tokenizer != cfg.text.tokenizer:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with the {cfg.text.tokenizer!r} tokenizer, not the configured "
+            f"{model.config.text.tokenizer!r}: its text weights expect {cfg.text.tokenizer!r} token ids"
+        )
     state = data["state_dict"]
     if any(k.startswith("model.") for k in state):  # a Lightning checkpoint
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}

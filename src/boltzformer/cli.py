@@ -134,8 +134,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series-uid", default=None, help="DICOM folders holding several series: the SeriesInstanceUID to read")
     p.add_argument("--force", action="store_true",
                    help="folder --out: redo every (file, prompt) pair, even those made by the same model and settings")
-    p.add_argument("--context", default="2d", choices=["2d", "2.5d"],
-                   help="volumes: each slice alone, or with its neighbours as the RGB channels (BiomedParse v2)")
+    p.add_argument("--context", default=None, choices=["2d", "2.5d"],
+                   help="volumes: each slice alone, or with its neighbours as the RGB channels (default: the "
+                        "model's; 2.5d for biomedparse-v2)")
+    p.add_argument("--overlap", default=None, choices=["independent", "nms"],
+                   help="several prompts on a volume: independent masks, or one label per voxel (per-slice NMS "
+                        "across prompts at IoU 0.5, then the most probable; default: the model's, nms for biomedparse-v2)")
     p.add_argument("--batch-size", type=int, default=8, help="volumes: slices per forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (less memory)")
@@ -152,7 +156,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("convert", help="load pretrained weights (SAM2, X-Decoder, official BoltzFormer) into a preset")
-    p.add_argument("--preset", required=True, help="tiny | hiera-s | hiera-bp | focal-l")
+    p.add_argument("--preset", required=True, help="tiny | hiera-s | hiera-bp | focal-l | biomedparse-v2")
     p.add_argument("--weights", required=True, help=".pt / .pth / .ckpt / .safetensors file")
     p.add_argument("--out", required=True, help="boltzformer checkpoint to write (use it with train --init)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting")
@@ -404,7 +408,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model, inputs, prompts, out, checkpoint=args.checkpoint, force=args.force, log=log,
         modality=args.modality, window=window, axis=args.axis, context=args.context,
         batch_size=args.batch_size, seed=args.seed, threshold=args.threshold,
-        existence_threshold=args.existence_threshold, series_uid=args.series_uid, progress=progress,
+        existence_threshold=args.existence_threshold, series_uid=args.series_uid, overlap=args.overlap, progress=progress,
     )
     print(summary_table(rows))
     errors = sum(r.status == "error" for r in rows)

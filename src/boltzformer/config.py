@@ -9,6 +9,12 @@ Presets:
 - ``tiny``: a small model for the built-in synthetic benchmark and laptop CPUs (256 x 256 input).
 - ``hiera-s``, ``hiera-bp``, ``focal-l``: the reference code's configurations (1024 x 1024 input) with
   SAM2 Hiera-S / Hiera-B+ and X-Decoder FocalNet-L image encoders.
+- ``biomedparse-v2``: BiomedParse v2's 3D model (focal-l with an existence head, 16 queries of which
+  the last 4 are edge queries, no PiGMA, grey normalisation, 512 x 512 input, 2.5D volumes, NMS across
+  prompts), the configuration its released ``biomedparse_v2.ckpt`` loads into.
+
+``tiny`` uses the hash tokenizer; every other preset CLIP's BPE tokenizer (``text.tokenizer``), which
+their text weights were trained with.
 """
 
 from __future__ import annotations
@@ -58,9 +64,14 @@ class PixelDecoderConfig:
     norm_groups: int = 32  # GroupNorm groups
 
 
+TOKENIZERS = ("hash", "clip")
+
+
 @dataclass
 class TextConfig:
-    vocab_size: int = 8192  # hash-tokenizer buckets
+    tokenizer: str = "hash"  # "hash" (no vocabulary file) or "clip" (CLIP BPE, as the official text weights)
+    tokenizer_path: str | None = None  # clip: a tokenizer folder or hub id (None: $BOLTZFORMER_CLIP_TOKENIZER, else openai/clip-vit-base-patch32)
+    vocab_size: int = 8192  # embedding rows: hash-tokenizer buckets, or 49408 for CLIP
     context_length: int = 32  # max tokens, start and end tokens included
     width: int = 64
     layers: int = 2
@@ -104,6 +115,14 @@ class ModelConfig:
     channels_last: bool = False
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD
+    # the last edge_queries queries predict an edge map (BiomedParse v2: 4), not the mask: the mask is
+    # the mean of the others (without PiGMA), the edge map the mean of these
+    edge_queries: int = 0
+    volume_context: str = "2d"  # volumes: "2d" slices, or "2.5d" (slice, previous, next as RGB; BiomedParse v2)
+    # several prompts on one volume: "independent" masks, or "nms" (BiomedParse v2): per slice, NMS
+    # across prompts (IoU 0.5, by existence), then each voxel to the most probable prompt above 0.5
+    prompt_overlap: str = "independent"
+    pad: str = "corner"  # inference: pad to a square at the bottom and right ("corner") or both sides ("center", BiomedParse v2)
 
     def validate(self) -> "ModelConfig":
         if self.image_size < 32 or self.image_size % 32:
@@ -132,6 +151,19 @@ class ModelConfig:
         for name in ("num_layers", "num_queries"):
             if getattr(self.decoder, name) < 1:
                 raise ValueError(f"decoder.{name} must be >= 1, got {getattr(self.decoder, name)}")
+        if self.text.tokenizer not in TOKENIZERS:
+            raise ValueError(f"text.tokenizer must be one of {TOKENIZERS}, got {self.text.tokenizer!r}"
+                             + _did_you_mean(self.text.tokenizer, TOKENIZERS))
+        if self.text.tokenizer == "clip" and not self.text.hf_model and self.text.vocab_size < 49408:
+            raise ValueError(f"text.vocab_size must be >= 49408 with the CLIP tokenizer, got {self.text.vocab_size}")
+        if not 0 <= self.edge_queries < self.decoder.num_queries:
+            raise ValueError(f"edge_queries must be in [0, decoder.num_queries), got {self.edge_queries}")
+        if self.edge_queries and self.pigma:
+            raise ValueError("edge_queries needs pigma=False (BiomedParse v2 averages the other queries at stride 4)")
+        for name, options in (("volume_context", ("2d", "2.5d")), ("prompt_overlap", ("independent", "nms")),
+                              ("pad", ("corner", "center"))):
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
         return self
 
 
@@ -179,10 +211,31 @@ def _paper_size(preset: str, backbone: BackboneConfig) -> ModelConfig:
         image_size=1024,
         backbone=backbone,
         pixel_decoder=PixelDecoderConfig(conv_dim=512, mask_dim=512, encoder_layers=6, encoder_heads=8, encoder_ffn_dim=2048),
-        text=TextConfig(vocab_size=49408, context_length=77, width=512, layers=12, heads=8, activation="quick_gelu", ln_eps=1e-12),
+        text=TextConfig(tokenizer="clip", vocab_size=49408, context_length=77, width=512, layers=12, heads=8,
+                        activation="quick_gelu", ln_eps=1e-12),
         decoder=DecoderConfig(hidden_dim=512, num_heads=8, ffn_dim=2048, num_layers=9, num_queries=101),
         channels_last=True,  # 1.15-1.2x faster eval at 1024 on CPU (docs/benchmarks.md)
     )
+
+
+def _biomedparse_v2() -> ModelConfig:
+    """BiomedParse v2's 3D model (microsoft/BiomedParse ``configs/model/biomedparse_3D.yaml`` at f571d5cc,
+    ``src/model/biomedparse_3D.py``): focal-l with the existence head, 16 queries with the last 4 as edge
+    queries, ``convolute_outputs: False`` (no PiGMA: masks at stride 4), ``gray_scale`` normalisation (the
+    ImageNet means and stds averaged: 114.495 / 57.63), 512 x 512 input zero-padded equally on both sides.
+    Volumes: 2.5D slices, NMS across prompts. The decoder sizes are the reconstructed ones of ``official-layouts/biomedparse_v2_3d.json``."""
+    cfg = _paper_size("biomedparse-v2", BackboneConfig(name="focalnet", variant="l"))
+    cfg.image_size = 512
+    cfg.decoder.num_queries = 16
+    cfg.decoder.existence = True
+    cfg.pigma = False
+    cfg.edge_queries = 4
+    grey_mean, grey_std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    cfg.pixel_mean, cfg.pixel_std = (grey_mean,) * 3, (grey_std,) * 3
+    cfg.volume_context = "2.5d"
+    cfg.prompt_overlap = "nms"
+    cfg.pad = "center"  # its utils.py pad_and_resize: "pad to square with equal padding on both sides"
+    return cfg
 
 
 PRESETS = {
@@ -190,6 +243,7 @@ PRESETS = {
     "hiera-s": lambda: _paper_size("hiera-s", BackboneConfig(name="hiera", variant="s")),
     "hiera-bp": lambda: _paper_size("hiera-bp", BackboneConfig(name="hiera", variant="b+")),
     "focal-l": lambda: _paper_size("focal-l", BackboneConfig(name="focalnet", variant="l")),
+    "biomedparse-v2": _biomedparse_v2,
 }
 
 

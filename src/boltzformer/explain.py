@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from boltzformer.model import BoltzFormer
 from boltzformer.model.text import check_prompts
-from boltzformer.transforms import from_model_output, image_to_tensor, to_model_input
+from boltzformer.transforms import from_model_output, image_to_tensor, pads_center, to_model_input
 
 __all__ = ["SamplingMaps", "sampling_maps", "save_sampling_grid"]
 
@@ -47,7 +47,7 @@ class SamplingMaps:
 def sampling_maps(model: BoltzFormer, image: np.ndarray, prompt: str, *, seed: int = 0) -> SamplingMaps:
     """Run one prediction and collect every layer's sampling distribution and attended tokens."""
     check_prompts([prompt], name="prompt")
-    tensor, geom = to_model_input(image_to_tensor(image), model.config.image_size)
+    tensor, geom = to_model_input(image_to_tensor(image), model.config.image_size, center=pads_center(model))
     generator = torch.Generator(device=model.device).manual_seed(seed)
     out = model(tensor[None].to(model.device), [prompt], generator=generator, return_sampling=True)
     dists, sampled, temps = [], [], []

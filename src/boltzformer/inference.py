@@ -29,7 +29,7 @@ import torch
 
 from boltzformer.model import BoltzFormer
 from boltzformer.model.text import check_prompts
-from boltzformer.transforms import from_model_output, image_to_tensor, to_model_input
+from boltzformer.transforms import from_model_output, image_to_tensor, pads_center, to_model_input
 
 __all__ = ["FileResult", "PromptResult", "SummaryRow", "find_inputs", "prompt_slug", "run_batch", "segment_file", "segment_volume", "summary_table"]
 
@@ -87,12 +87,13 @@ def segment_volume(
     volume: np.ndarray,
     prompts: Sequence[str],
     *,
-    context: str = "2d",
+    context: str | None = None,
     batch_size: int = 8,
     seed: int = 0,
     threshold: float = 0.5,
     existence_threshold: float = 0.5,
     image_size: int | None = None,
+    overlap: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[PromptResult]:
     """Segment every prompt in every slice of a (D, H, W) uint8 volume.
@@ -104,17 +105,28 @@ def segment_volume(
 
     Args:
         context: ``"2d"`` or ``"2.5d"`` (RGB = slice, previous, next; see
-            :func:`~boltzformer.data.windows.volume_slices`).
+            :func:`~boltzformer.data.windows.volume_slices`); None: the model's ``volume_context``
+            (``"2.5d"`` for ``biomedparse-v2``).
+        overlap: several prompts: ``"independent"`` masks, or ``"nms"``: one label per voxel
+            (:func:`~boltzformer.overlap.exclusive_masks`: per-slice NMS across prompts at IoU 0.5, then
+            the most probable prompt above ``threshold``); None: the model's ``prompt_overlap``
+            (``"nms"`` for ``biomedparse-v2``).
         progress: called with (slices done, slices) after each batch.
     """
     from boltzformer.data.windows import volume_slices
+    from boltzformer.overlap import exclusive_masks
 
     if volume.ndim != 3 or volume.dtype != np.uint8:
         raise ValueError(f"volume must be a (D, H, W) uint8 array, got {volume.dtype} {volume.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prompts = check_prompts(prompts, name="prompt")
-    size = image_size or (model.config.image_size if model.config is not None else 256)
+    cfg = model.config
+    context = context or (cfg.volume_context if cfg is not None else "2d")
+    overlap = overlap or (cfg.prompt_overlap if cfg is not None else "independent")
+    if overlap not in ("independent", "nms"):
+        raise ValueError(f"overlap must be 'independent' or 'nms', got {overlap!r}")
+    size = image_size or (cfg.image_size if cfg is not None else 256)
     slices = volume_slices(volume, context=context)
     D, H, W = volume.shape
     model.eval()
@@ -122,7 +134,7 @@ def segment_volume(
     existence = np.ones((len(prompts), D), dtype=np.float32) if model.decoder.existence is not None else None
     for b, start in enumerate(range(0, D, batch_size)):
         idx = range(start, min(D, start + batch_size))
-        inputs, geoms = zip(*(to_model_input(image_to_tensor(slices[d]), size) for d in idx))
+        inputs, geoms = zip(*(to_model_input(image_to_tensor(slices[d]), size, center=pads_center(model)) for d in idx))
         features = model.encode_image(torch.stack(inputs).to(model.device))
         for p, prompt in enumerate(prompts):
             generator = torch.Generator(device=model.device).manual_seed(_mix(seed, b, p))
@@ -133,11 +145,18 @@ def segment_volume(
                 existence[p, start : start + len(idx)] = out.existence_logits.float().sigmoid().cpu().numpy()
         if progress is not None:
             progress(idx[-1] + 1, D)
+    if overlap == "nms" and len(prompts) > 1:
+        # without an existence head, a prompt's score on a slice is its largest probability there
+        scores = existence if existence is not None else probs.max(axis=(2, 3))
+        masks = exclusive_masks(torch.from_numpy(probs), torch.from_numpy(scores), threshold=threshold,
+                                existence_threshold=existence_threshold).numpy()
+    else:
+        masks = probs > threshold
+        if existence is not None:
+            masks &= (existence >= existence_threshold)[:, :, None, None]
     results = []
     for p, prompt in enumerate(prompts):
-        mask = probs[p] > threshold
-        if existence is not None:
-            mask &= (existence[p] >= existence_threshold)[:, None, None]
+        mask = masks[p]
         results.append(PromptResult(prompt, mask, probs[p], None if existence is None else existence[p]))
     return results
 
@@ -154,12 +173,13 @@ def segment_file(
     modality: str | None = None,
     window: str | tuple[float, float] | None = None,
     axis: str | int | None = None,
-    context: str = "2d",
+    context: str | None = None,
     batch_size: int = 8,
     seed: int = 0,
     threshold: float = 0.5,
     existence_threshold: float = 0.5,
     series_uid: str | None = None,
+    overlap: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> FileResult:
     """Read one image, volume or DICOM series and segment every prompt in it.
@@ -185,7 +205,7 @@ def segment_file(
     if image.is_volume:
         results = segment_volume(
             model, display, prompts, context=context, batch_size=batch_size, seed=seed, threshold=threshold,
-            existence_threshold=existence_threshold, progress=progress,
+            existence_threshold=existence_threshold, overlap=overlap, progress=progress,
         )
     else:
         predictor = Predictor(model, threshold=threshold, seed=seed, existence_threshold=existence_threshold)
@@ -229,7 +249,8 @@ def _sha256(path: Path) -> str:
 
 
 # the options of segment_file that change a mask, and the inputs they apply to (see _settings)
-MASK_SETTINGS = ("seed", "threshold", "existence_threshold", "modality", "window", "axis", "context", "batch_size", "series_uid")
+MASK_SETTINGS = ("seed", "threshold", "existence_threshold", "modality", "window", "axis", "context", "batch_size", "series_uid",
+                 "overlap")
 
 
 def _settings(options: dict, *, volume: bool, eight_bit: bool, physical: bool) -> dict:
@@ -242,7 +263,7 @@ def _settings(options: dict, *, volume: bool, eight_bit: bool, physical: bool) -
     if not eight_bit:
         keys += ["modality", "window"] if physical else ["window"]
     if volume:
-        keys += ["axis", "context", "batch_size"] + (["series_uid"] if physical else [])
+        keys += ["axis", "context", "batch_size", "overlap"] + (["series_uid"] if physical else [])
     defaults = {"seed": 0, "threshold": 0.5, "existence_threshold": 0.5, "context": "2d", "batch_size": 8}
     return json.loads(json.dumps({k: options.get(k, defaults.get(k)) for k in keys}))
 
@@ -348,6 +369,7 @@ def run_batch(
     out = Path(out)
     model_by = made_by(checkpoint, config_to_dict(model.config) if model.config is not None else None, {})
     rows: list[SummaryRow] = []
+    nms = (options.get("overlap") or getattr(model.config, "prompt_overlap", "independent")) == "nms" and len(prompts) > 1
     redone: dict[str, int] = {}
     n_redone = 0
     for i, path in enumerate(inputs, 1):
@@ -363,6 +385,8 @@ def run_batch(
                     for reason in why:
                         redone[reason] = redone.get(reason, 0) + 1
         todo = [p for p in prompts if done[p] is None]
+        if todo and nms:  # one label per voxel: every prompt's mask depends on the others, so all are redone
+            todo, done = list(prompts), dict.fromkeys(prompts)
         for p in prompts:
             if done[p] is not None:
                 rec = done[p]

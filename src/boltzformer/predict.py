@@ -16,7 +16,7 @@ from torch import Tensor
 
 from boltzformer.model import BoltzFormer, ImageFeatures
 from boltzformer.model.text import check_prompts
-from boltzformer.transforms import Geometry, from_model_output, image_to_tensor, to_model_input
+from boltzformer.transforms import Geometry, from_model_output, image_to_tensor, pads_center, to_model_input
 
 __all__ = ["Prediction", "Predictor", "predict_probabilities"]
 
@@ -54,7 +54,7 @@ def predict_probabilities(
     generator: torch.Generator | None = None,
 ) -> list[Tensor]:
     """Probability maps (H_i, W_i) for a batch of images (3, H_i, W_i) 0-255 of any sizes."""
-    inputs, geoms = zip(*(to_model_input(img, image_size) for img in images))
+    inputs, geoms = zip(*(to_model_input(img, image_size, center=pads_center(model)) for img in images))
     batch = torch.stack(inputs).to(model.device)
     logits = model(batch, list(prompts), generator=generator).logits.float()
     return [from_model_output(lg[0], g).sigmoid().cpu() for lg, g in zip(logits, geoms)]
@@ -118,7 +118,7 @@ class Predictor:
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
         """Encode an image (H, W) or (H, W, 3); 8-bit values are used as they are."""
-        tensor, geom = to_model_input(image_to_tensor(image), self.image_size)
+        tensor, geom = to_model_input(image_to_tensor(image), self.image_size, center=pads_center(self.model))
         with self._autocast():
             self._features = self.model.encode_image(tensor[None].to(self.model.device))
         self._geometry = geom

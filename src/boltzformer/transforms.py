@@ -1,7 +1,8 @@
 """Geometry between an input image and the model's square input, both ways.
 
-Images are padded (bottom and right, with zeros) to a square, then resized to the model's side;
-predictions go back the same way, so a mask has exactly the input's size and alignment.
+Images are padded with zeros to a square (at the bottom and right, or, with ``center=True``, equally on
+both sides as BiomedParse v2's ``pad_and_resize``: ``ModelConfig.pad``), then resized to the model's
+side; predictions go back the same way, so a mask has exactly the input's size and alignment.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Geometry", "to_model_input", "resize_mask_to_input", "from_model_output", "image_to_tensor"]
+__all__ = ["Geometry", "to_model_input", "resize_mask_to_input", "from_model_output", "image_to_tensor", "pads_center"]
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """``height`` x ``width`` of the original image, padded to ``side`` then resized to ``size``."""
+    """``height`` x ``width`` of the original image, padded to ``side`` (``top`` rows above it and
+    ``left`` columns before it; 0 when padded at the bottom and right) then resized to ``size``."""
 
     height: int
     width: int
     size: int
+    top: int = 0
+    left: int = 0
 
     @property
     def side(self) -> int:
@@ -60,12 +64,19 @@ def image_to_tensor(image: np.ndarray, *, name: str = "image") -> Tensor:
     return t.contiguous()
 
 
-def to_model_input(image: Tensor, size: int) -> tuple[Tensor, Geometry]:
-    """image (3, H, W) 0-255 -> (3, size, size) and the :class:`Geometry` to map back."""
+def pads_center(model) -> bool:
+    """Whether ``model`` (its ``config.pad``) takes inputs padded equally on both sides."""
+    return getattr(getattr(model, "config", None), "pad", "corner") == "center"
+
+
+def to_model_input(image: Tensor, size: int, *, center: bool = False) -> tuple[Tensor, Geometry]:
+    """image (3, H, W) 0-255 -> (3, size, size) and the :class:`Geometry` to map back.
+
+    ``center``: pad equally on both sides (the odd pixel after), else at the bottom and right."""
     _, H, W = image.shape
-    geom = Geometry(H, W, size)
-    side = geom.side
-    padded = F.pad(image, (0, side - W, 0, side - H))
+    side = max(H, W)
+    geom = Geometry(H, W, size, (side - H) // 2 if center else 0, (side - W) // 2 if center else 0)
+    padded = F.pad(image, (geom.left, side - W - geom.left, geom.top, side - H - geom.top))
     if side != size:
         padded = F.interpolate(padded[None], size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)[0]
     return padded, geom
@@ -77,7 +88,7 @@ def resize_mask_to_input(mask: Tensor, geom: Geometry) -> Tensor:
     Area interpolation keeps tiny targets (a few pixels) as partial values instead of losing them.
     """
     side = geom.side
-    padded = F.pad(mask, (0, side - geom.width, 0, side - geom.height))
+    padded = F.pad(mask, (geom.left, side - geom.width - geom.left, geom.top, side - geom.height - geom.top))
     if side == geom.size:
         return padded
     mode = "area" if side > geom.size else "bilinear"
@@ -90,5 +101,5 @@ def from_model_output(logits: Tensor, geom: Geometry) -> Tensor:
     lead = logits.shape[:-2]
     x = logits.reshape(-1, 1, *logits.shape[-2:])
     x = F.interpolate(x, size=(geom.side, geom.side), mode="bilinear", align_corners=False)
-    x = x[..., : geom.height, : geom.width]
+    x = x[..., geom.top : geom.top + geom.height, geom.left : geom.left + geom.width]
     return x.reshape(*lead, geom.height, geom.width)

@@ -106,15 +106,17 @@ def test_pigma_matches_the_official_code(golden):
     torch.testing.assert_close(out, torch.from_numpy(data["pred_gmasks_final"]), atol=5e-4, rtol=0)
 
 
-def test_text_encoder_matches_the_official_code(golden):
-    """Fed the CLIP token ids, our text transformer with the official weights gives the official
-    last hidden state, grounding tokens and class embedding."""
+def test_text_encoder_matches_the_official_code(golden, clip_tokenizer):
+    """Fed the CLIP token ids, and from the prompt string through our CLIP tokenizer, our text
+    transformer with the official weights gives the official last hidden state, grounding tokens and
+    class embedding."""
+    from boltzformer.model.clip_tokenizer import ClipTokenizer
     from boltzformer.model.text import BuiltinTextEncoder
 
     weights, shared = golden
     prefix = PREFIX + "language_encoder."
     enc = BuiltinTextEncoder(out_dim=32, vocab_size=49408, context_length=77, width=32, layers=1, heads=2,
-                             activation="quick_gelu", ln_eps=1e-12)
+                             activation="quick_gelu", ln_eps=1e-12, tokenizer=ClipTokenizer(path=clip_tokenizer))
     enc.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix) and not k.endswith("logit_scale")})
     ids, mask = torch.from_numpy(shared["input_ids"]), torch.from_numpy(shared["attention_mask"])
     n = int(mask.sum())
@@ -124,3 +126,8 @@ def test_text_encoder_matches_the_official_code(golden):
     torch.testing.assert_close(hidden[:, :n], torch.from_numpy(shared["text_last_hidden_state"])[:, :n], atol=1e-4, rtol=0)
     torch.testing.assert_close(feats.tokens[:, :n], torch.from_numpy(shared["grounding_tokens"]).permute(1, 0, 2), atol=1e-4, rtol=0)
     torch.testing.assert_close(feats.pooled, torch.from_numpy(shared["class_emb"]), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        from_string = enc([str(shared["prompt"])], torch.device("cpu"))
+    assert from_string.tokens.shape[1] == n and not from_string.padding_mask.any()
+    torch.testing.assert_close(from_string.tokens, torch.from_numpy(shared["grounding_tokens"]).permute(1, 0, 2)[:, :n], atol=1e-4, rtol=0)
+    torch.testing.assert_close(from_string.pooled, torch.from_numpy(shared["class_emb"]), atol=1e-4, rtol=0)

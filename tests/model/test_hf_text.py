@@ -41,3 +41,13 @@ def test_model_with_a_local_hf_text_encoder(tiny_bert):
 def test_a_missing_hf_model_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="text.hf_model"):
         boltzformer.build_model("tiny", **{"text.hf_model": str(tmp_path / "nope")})
+
+
+def test_own_checkpoint_of_an_hf_text_model_loads_back(tiny_bert, tmp_path):
+    from boltzformer.weights import load_pretrained
+
+    torch.manual_seed(0)
+    model = boltzformer.build_model("tiny", num_layers=2, num_queries=4, **{"text.hf_model": str(tiny_bert)})
+    boltzformer.save_checkpoint(model, tmp_path / "m.ckpt")
+    report = load_pretrained(model, tmp_path / "m.ckpt")
+    assert report.tokenizer == f"hf:{tiny_bert}" and report.missing == {}

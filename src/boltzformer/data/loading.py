@@ -79,16 +79,18 @@ class ModelInputDataset(Dataset):
     1 / ``min_crop``), flips (not for prompts that name a side: "left kidney" must stay left) and a
     small brightness / contrast change. It draws from torch's global generator, which Lightning's
     ``seed_everything(workers=True)`` seeds in every worker, so a run is reproducible from its seed.
-    ``augment="flips"`` does the flips only.
+    ``augment="flips"`` does the flips only. ``center``: pad equally on both sides (``ModelConfig.pad``).
     """
 
-    def __init__(self, base: Dataset, image_size: int, *, augment: bool | str = False, min_crop: float = 0.6) -> None:
+    def __init__(self, base: Dataset, image_size: int, *, augment: bool | str = False, min_crop: float = 0.6,
+                 center: bool = False) -> None:
         if augment not in (False, True, "flips"):
             raise ValueError(f"augment must be False, True or 'flips', got {augment!r}")
         self.base = base
         self.image_size = image_size
         self.augment = augment
         self.min_crop = min_crop
+        self.center = center
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -99,7 +101,7 @@ class ModelInputDataset(Dataset):
         present = float(s["present"]) if "present" in s else float(bool((mask > 0).any()))
         if self.augment is True:
             image, mask = _crop_around_target(image, mask, self.min_crop)
-        image, geom = to_model_input(image, self.image_size)
+        image, geom = to_model_input(image, self.image_size, center=self.center)
         mask = resize_mask_to_input(mask, geom)
         if self.augment:
             if not _LATERAL.search(s["prompt"]):

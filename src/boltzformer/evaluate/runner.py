@@ -30,9 +30,9 @@ def predict_passes(
         CPU, on the image's own grid; and (B, K) probabilities that the target is in the image, or
         ``None`` for a model without an existence head.
     """
-    from boltzformer.transforms import from_model_output, to_model_input
+    from boltzformer.transforms import from_model_output, pads_center, to_model_input
 
-    inputs, geoms = zip(*(to_model_input(img, image_size) for img in images))
+    inputs, geoms = zip(*(to_model_input(img, image_size, center=pads_center(model)) for img in images))
     features = model.encode_image(torch.stack(inputs).to(model.device))
     outs = [model.decode(features, list(prompts), generator=g) for g in generators]
     logits = torch.stack([o.logits.float() for o in outs], 1)[:, :, 0]  # K x (B,1,h,w) -> B x K x h x w

@@ -54,6 +54,8 @@ class BoltzFormerOutput:
     ``sampling``: per layer, the attended tokens and distributions; empty unless ``return_sampling``.
     ``existence_logits``: (B,) logits that the prompted target is in the image (sigmoid > 0.5:
     present), or None for a model without an existence head.
+    ``edge_logits``: (B, 1, H/4, W/4) the mean of the edge queries (``edge_queries`` > 0, BiomedParse
+    v2), or None.
     """
 
     logits: Tensor
@@ -61,6 +63,7 @@ class BoltzFormerOutput:
     aux_logits: list[Tensor] = field(default_factory=list)
     sampling: list[LayerSampling] = field(default_factory=list)
     existence_logits: Tensor | None = None
+    edge_logits: Tensor | None = None
 
 
 class BoltzFormer(nn.Module):
@@ -97,6 +100,7 @@ class BoltzFormer(nn.Module):
         self.config = config
         self.gradient_checkpointing = False
         self.channels_last = False  # ModelConfig.channels_last
+        self.edge_queries = 0  # ModelConfig.edge_queries
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -152,7 +156,13 @@ class BoltzFormer(nn.Module):
             return_aux=return_aux,
             return_sampling=return_sampling,
         )
-        if self.pigma is not None:
+        edge_logits = None
+        if self.edge_queries:  # BiomedParse v2 (src/model/biomedparse_3D.py, forward_eval): the last
+            # edge_queries queries are averaged into an edge map, the others into the mask (no PiGMA)
+            Q = out.query_logits.shape[1]
+            edge_logits = out.query_logits[:, Q - self.edge_queries :].mean(1, keepdim=True)
+            logits = out.query_logits[:, : Q - self.edge_queries].mean(1, keepdim=True)
+        elif self.pigma is not None:
             logits = self.pigma(out.query_logits, features.image)
         else:
             logits = out.query_logits.mean(1, keepdim=True)
@@ -162,6 +172,7 @@ class BoltzFormer(nn.Module):
             aux_logits=out.aux_logits,
             sampling=out.sampling,
             existence_logits=out.existence_logits,
+            edge_logits=edge_logits,
         )
 
     def forward(
@@ -223,8 +234,14 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
         cfg = apply_overrides(preset, overrides)
     else:
         cfg = get_preset(preset, **overrides)
+    tc = cfg.text
+    tokenizer = None  # the hash tokenizer
+    if tc.tokenizer == "clip" and not tc.hf_model:  # first: a missing tokenizer fails before any weight is made
+        from boltzformer.model.clip_tokenizer import ClipTokenizer
+
+        tokenizer = ClipTokenizer(path=tc.tokenizer_path, context_length=tc.context_length)
     backbone = _build_backbone(cfg)
-    pd, dc, tc = cfg.pixel_decoder, cfg.decoder, cfg.text
+    pd, dc = cfg.pixel_decoder, cfg.decoder
     pixel_decoder = PixelDecoder(
         in_channels=tuple(backbone.out_channels),
         conv_dim=pd.conv_dim,
@@ -248,6 +265,7 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
             heads=tc.heads,
             activation=tc.activation,
             ln_eps=tc.ln_eps,
+            tokenizer=tokenizer,
         )
     if dc.decoder_impl == "reference":  # the reference code's formulation, same parameters (benchmarks, tests)
         from boltzformer.model.reference_decoder import ReferenceDecoder as decoder_cls, ReferenceSampler as sampler_cls
@@ -283,6 +301,7 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
     )
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.channels_last = cfg.channels_last
+    model.edge_queries = cfg.edge_queries
     if hasattr(backbone, "gradient_checkpointing"):
         backbone.gradient_checkpointing = cfg.gradient_checkpointing
     return model

@@ -1,8 +1,11 @@
 """Text encoder: prompts -> token embeddings the decoder's queries attend to.
 
 The built-in encoder is a CLIP-style causal transformer trained from scratch (the reference code
-trains its 12-layer, width-512 one from scratch too) fed by :class:`HashTokenizer`, which needs
-no vocabulary file: words are mapped to ids by a stable hash. Any encoder that subclasses
+trains its 12-layer, width-512 one from scratch too) fed by one of two tokenizers
+(``TextConfig.tokenizer``): :class:`HashTokenizer`, which needs no vocabulary file (words are mapped
+to ids by a stable hash; the ``tiny`` preset), or CLIP's BPE tokenizer
+(:class:`~boltzformer.model.clip_tokenizer.ClipTokenizer`), which the official text weights were
+trained with (the paper-size presets and BiomedParse v2). Any encoder that subclasses
 :class:`TextEncoder` (for example a pretrained HuggingFace model) can be plugged in instead.
 """
 
@@ -49,6 +52,7 @@ class HashTokenizer:
     rare at the default vocabulary size; the model learns around them.
     """
 
+    name = "hash"
     PAD, BOS, EOS = 0, 1, 2
     _pattern = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
@@ -180,12 +184,14 @@ class CausalTextTransformer(nn.Module):
 
 
 class BuiltinTextEncoder(TextEncoder):
-    """:class:`HashTokenizer` + :class:`CausalTextTransformer`, projected to ``out_dim``.
+    """A tokenizer + :class:`CausalTextTransformer`, projected to ``out_dim``.
 
     Args:
         out_dim: width of the returned features (the decoder's hidden size).
         vocab_size, context_length, width, layers, heads: the transformer's sizes.
         activation, ln_eps: "gelu" / 1e-5 (default) or the reference code's "quick_gelu" / 1e-12.
+        tokenizer: called on a list of prompts, returns ``(input_ids, attention_mask)`` (B, L) with
+            a ``name`` ("hash", "clip"); None: a :class:`HashTokenizer` of ``vocab_size`` buckets.
     """
 
     def __init__(
@@ -199,10 +205,15 @@ class BuiltinTextEncoder(TextEncoder):
         heads: int,
         activation: str = "gelu",
         ln_eps: float = 1e-5,
+        tokenizer=None,
     ) -> None:
         super().__init__()
         self.out_dim = out_dim
-        self.tokenizer = HashTokenizer(vocab_size=vocab_size, context_length=context_length)
+        if tokenizer is None:
+            tokenizer = HashTokenizer(vocab_size=vocab_size, context_length=context_length)
+        if getattr(tokenizer, "vocab_size", vocab_size) > vocab_size:
+            raise ValueError(f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} ids but text.vocab_size is {vocab_size}")
+        self.tokenizer = tokenizer
         self.encoder_transformer = CausalTextTransformer(
             vocab_size=vocab_size,
             context_length=context_length,
@@ -225,6 +236,11 @@ class BuiltinTextEncoder(TextEncoder):
         return TextFeatures(tokens=tokens, padding_mask=attention_mask == 0, pooled=pooled)
 
     def forward(self, prompts: Sequence[str], device: torch.device) -> TextFeatures:
-        input_ids, attention_mask = self.tokenizer(prompts)
+        input_ids, attention_mask = self.tokenizer(prompts)  # on the CPU
+        # CLIP pads every prompt to 77 tokens (as the official code); the columns after the batch's
+        # longest prompt are padding everywhere: never attended by the decoder and, the transformer
+        # being causal, without effect on the real tokens, so they are dropped here, on the CPU.
+        L = int(attention_mask.sum(-1).max())
+        input_ids, attention_mask = input_ids[:, :L], attention_mask[:, :L]
         # non-blocking: no host synchronisation on a GPU (the token arrays are this call's own)
         return self.encode_ids(input_ids.to(device, non_blocking=True), attention_mask.to(device, non_blocking=True))

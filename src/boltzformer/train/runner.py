@@ -210,8 +210,9 @@ def _loaders(job: TrainJob) -> tuple[DataLoader, DataLoader]:
     # the synthetic benchmark draws new images from its generator and places its objects anywhere:
     # flips are enough there; real data gets crops and intensity changes too
     synthetic = isinstance(train_base, SyntheticDataset) or isinstance(getattr(train_base, "base", None), SyntheticDataset)
-    train_ds = ModelInputDataset(train_base, size, augment="flips" if synthetic else True)
-    val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size)
+    center = job.model.pad == "center"
+    train_ds = ModelInputDataset(train_base, size, augment="flips" if synthetic else True, center=center)
+    val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size, center=center)
     sampler = RandomSampler(
         train_ds,
         replacement=True,
