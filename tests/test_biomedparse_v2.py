@@ -171,7 +171,7 @@ def test_convert_then_predict_a_volume_gives_masks_in_its_geometry(tmp_path, cap
     out = tmp_path / "masks"
     args = ["predict", "--checkpoint", str(converted), "--input", str(ct), "--out", str(out), "--quiet", "--threshold", "0.3"]
     assert main(args + [a for p in prompts for a in ("--prompt", p)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())["pairs"]  # beside "made_by" and "options"
     assert [r["status"] for r in summary] == ["done", "done"]
     masks = [nib.load(r["output"]) for r in summary]
     reference = nib.load(ct)

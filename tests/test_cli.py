@@ -156,7 +156,7 @@ def test_error_checkpoint_that_is_not_ours(run_dir, tmp_path, capsys, kind):
         needle = "could not be read"
     else:
         needle = "does not exist"
-    image = _png(tmp_path / "scan.png", np.zeros((64, 64), np.uint8))
+    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     _fails(["predict", "--checkpoint", str(ckpt), "--image", str(image), "--prompt", "x", "--out", str(tmp_path / "m.png")],
            capsys, str(ckpt), needle)
     assert not (tmp_path / "m.png").exists()
@@ -186,3 +186,43 @@ def test_predict_with_samples_writes_uncertainty(run_dir, tmp_path):
     assert np.array(Image.open(tmp_path / "m_uncertainty.png")).shape == (64, 48)
     report = json.loads((tmp_path / "m_uncertainty.json").read_text())
     assert report["samples"] == 3 and 0.0 <= report["agreement"] <= 1.0
+
+
+def test_resume_with_other_settings_is_refused_and_touches_nothing(run_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["train", "--data", "synthetic", "--out", str(run), *MICRO, "--max-steps", "4", "--resume", "--preset", "hiera-s"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "model.preset 'tiny' (run) vs 'hiera-s' (asked)" in err
+    assert main(["train", "--data", "synthetic", "--out", str(run), *MICRO, "--max-steps", "4", "--resume", "--data-seed", "3"]) == 2
+    assert "data_seed 0 (run) vs 3 (asked)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # config.json untouched
+
+
+def test_evaluate_rerun_is_skipped_only_when_nothing_changed(run_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--checkpoint", str(run_dir / "last.ckpt"), "--data", "synthetic", "--out", str(out), "--limit", "2"]
+    assert main(args) == 0
+    made = json.loads(out.read_text())["made_by"]
+    assert len(made["checkpoint"]["sha256"]) == 64 and made["settings"]["split"] == "test" and made["model_config"]
+    capsys.readouterr()
+    assert main(args) == 0 and "up to date" in capsys.readouterr().out
+    assert main(args + ["--seed", "1"]) == 0 and "seed 0 -> 1" in capsys.readouterr().err
+    assert main(args + ["--split", "all", "--force"]) == 0
+    assert json.loads(out.read_text())["split"] == "all"
+
+
+def test_version_and_output_paths_checked_before_the_work(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("boltzformer ")
+    (tmp_path / "report.json").mkdir()
+    _fails(["evaluate", "--checkpoint", str(tmp_path / "missing.ckpt"), "--data", "synthetic", "--out", str(tmp_path / "report.json")],
+           capsys, "is a folder; expected a file path")  # before the checkpoint is even read
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _fails(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--input", str(folder), "--prompt", "x", "--out", str(tmp_path / "m.png")],
+           capsys, "is a folder (images or a DICOM series): give a folder as --out")

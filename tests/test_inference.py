@@ -90,8 +90,10 @@ def test_folder_run_writes_masks_in_the_input_geometry_and_skips_bad_files(model
         assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
     record = json.loads(next((out / "slice").glob("*_??????.json")).read_text())
     assert record["output"].endswith(".png") and record["existence"] is not None and "lesions" in record
+    assert record["made_by"]["settings"]["threshold"] == 0.5 and record["source"]["kind"]["eight_bit"]
+    assert record["intensity"]["mapping"] == "as stored"
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary) == 6
+    assert len(summary["pairs"]) == 6 and summary["made_by"]["model_config"] is not None
     assert not list(out.rglob("*.tmp"))
 
 
@@ -148,3 +150,42 @@ def test_cli_predict_on_a_folder_and_its_errors(checkpoint, folder, tmp_path, ca
                  "--window", "40,abc", "--out", str(tmp_path / "o")]) == 2
     assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(folder), "--prompt", "x" * 5000,
                  "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_rerun_redoes_exactly_the_pairs_whose_model_or_settings_changed(model, checkpoint, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((40, 48)) * 255).astype(np.uint8)).save(src / "a8.png")
+    Image.fromarray((rng.random((40, 48)) * 4000).astype(np.uint16)).save(src / "b16.png")
+    inputs, out = find_inputs(src), tmp_path / "out"
+    other = boltzformer.save_checkpoint(boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4,
+                                                                existence=True), tmp_path / "other.ckpt")
+
+    def run(ckpt=checkpoint, prompts=PROMPTS, **options):
+        logged = []
+        rows = run_batch(model, inputs, prompts, out, checkpoint=ckpt, log=logged.append, **options)
+        return {(r.file.split("/")[-1], r.prompt): r.status for r in rows}, logged
+
+    first, _ = run()
+    assert set(first.values()) == {"done"} and len(first) == 4
+    again, _ = run()
+    assert set(again.values()) == {"skipped"}
+    # the window changes only the 16-bit file's intensities (8-bit files are used as stored)
+    windowed, logged = run(window="lung")
+    assert windowed == {("a8.png", p): "skipped" for p in PROMPTS} | {("b16.png", p): "done" for p in PROMPTS}
+    assert any("2 (file, prompt) pair(s) redone" in line and "window None -> 'lung'" in line for line in logged)
+    # a new prompt adds its pairs; the others stay
+    extra, _ = run(prompts=PROMPTS + ["kidney cyst"], window="lung")
+    assert [k for k, v in extra.items() if v == "done"] == [("a8.png", "kidney cyst"), ("b16.png", "kidney cyst")]
+    threshold, logged = run(threshold=0.3, window="lung")
+    assert set(threshold.values()) == {"done"} and any("threshold 0.5 -> 0.3 (4)" in line for line in logged)
+    model_changed, logged = run(ckpt=other, threshold=0.3, window="lung")
+    assert set(model_changed.values()) == {"done"} and any("checkpoint (4)" in line for line in logged)
+    assert set(run(ckpt=other, threshold=0.3, window="lung")[0].values()) == {"skipped"}
+    assert set(run(ckpt=other, threshold=0.3, window="lung", force=True)[0].values()) == {"done"}
+    record = json.loads(next((out / "b16").glob("*_??????.json")).read_text())
+    assert record["made_by"]["checkpoint"] == {"path": str(other), "sha256": boltzformer.provenance.file_sha256(other)}
+    assert record["intensity"]["mapping"] == "window"

@@ -12,6 +12,7 @@ another one is refused.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,19 @@ def save_checkpoint(model: BoltzFormer, path: str | os.PathLike, **extra: Any) -
     return Path(path)
 
 
+def _load_error(exc: Exception) -> str:
+    """torch.load's error in one whole line: its message without colour codes and line breaks; for the
+    long weights-only refusal, the part that says what was refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|Check the documentation|$)", text, re.S)
+        detail = " ".join(found.group(1).split()) if found and found.group(1).strip() else "an object that is not a tensor or a plain value"
+        return (f"it holds Python objects that torch.load(weights_only=True) refuses ({detail}); "
+                "boltzformer loads only files of tensors and plain values")
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -55,7 +69,7 @@ def _read(path: Path) -> dict[str, Any]:
 
         data = _torch_load(path)  # memory-mapped where the format allows
     except Exception as exc:  # torch raises many kinds for corrupt or foreign files
-        raise CheckpointError(f"checkpoint {path} could not be read as a torch file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"checkpoint {path} could not be read as a torch file (one written by torch.save): {_load_error(exc)}") from None
     if not isinstance(data, dict) or _KEY not in data:
         kind = type(data).__name__
         keys = sorted(data)[:5] if isinstance(data, dict) else []

@@ -19,6 +19,20 @@ DEMO_STEPS = 1000
 _FREEZABLE = ["backbone", "pixel_decoder", "text_encoder"]
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the package version and, from a git checkout, the commit (imported only when asked)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version (and git commit) and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from boltzformer.provenance import git_commit, package_version
+
+        commit = git_commit()
+        print(f"boltzformer {package_version()}" + (f" (commit {commit})" if commit else ""))
+        parser.exit(0)
+
+
 def _parse_value(text: str) -> Any:
     import json
 
@@ -75,12 +89,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boltzformer", description="Text-promptable segmentation of small objects (BoltzFormer).")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model")
     p.add_argument("--data", required=True, help="'synthetic' or dataset folder(s), comma-separated")
     p.add_argument("--out", required=True, help="run folder: last.ckpt, best.ckpt, config.json, logs/")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from last.ckpt (same preset, data and model settings as its config.json)")
+    p.add_argument("--checkpoint-every-min", type=float, default=10.0, metavar="MIN",
+                   help="also write last.ckpt every MIN minutes of training (default: 10; 0: only at validation)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning; same preset and sizes)")
     _add_train_args(p)
 
@@ -88,7 +106,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="'synthetic' or dataset folder(s), comma-separated")
     p.add_argument("--out", required=True, help="report .json (a .md table is written beside it)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="the split to score; 'all': every sample (a whole external dataset)")
+    p.add_argument("--force", action="store_true", help="evaluate even when --out holds a report made by the same model and settings")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled attention")
     p.add_argument("--batch-size", type=int, default=16)
@@ -121,6 +141,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="CT window: a site (lung, abdomen, liver, pancreas, bone, brain, soft_tissue, ...) or CENTER,WIDTH "
                         "in HU (default: the site the prompt names)")
     p.add_argument("--axis", default=None, help="volumes: axial (default), coronal, sagittal, or 0/1/2 of the file")
+    p.add_argument("--series-uid", default=None, help="DICOM folders holding several series: the SeriesInstanceUID to read")
+    p.add_argument("--force", action="store_true",
+                   help="folder --out: redo every (file, prompt) pair, even those made by the same model and settings")
     p.add_argument("--context", default=None, choices=["2d", "2.5d"],
                    help="volumes: each slice alone, or with its neighbours as the RGB channels (default: the "
                         "model's; 2.5d for biomedparse-v2)")
@@ -133,7 +156,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-overlap", type=float, default=None, metavar="OVERLAP",
                    help="native resolution (models trained with --patch-overlap): slide the model's input window over the image " \
                         "with this overlap in [0, 1) and blend with Gaussian weights, instead of resizing the image")
-    p.add_argument("--quiet", action="store_true", help="no per-slice progress")
+    p.add_argument("--quiet", action="store_true", help="no per-slice / per-file progress")
     p.add_argument("--samples", type=int, default=1,
                    help="K > 1: K passes with sampling seeds seed..seed+K-1; the mask is their mean; writes the "
                         "uncertainty map and the agreement score beside it")
@@ -247,29 +270,54 @@ def _check_data_arg(data: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from boltzformer.train.runner import TrainJob, run_training
 
+    from boltzformer.atomic import check_output
+
     _check_data_arg(args.data)
+    check_output(args.out, kind="folder")
+    if args.checkpoint_every_min < 0:
+        raise ValueError(f"--checkpoint-every-min must be >= 0 (0: only at validation), got {args.checkpoint_every_min}")
     model_cfg, tc = _train_configs(args)
     last = run_training(
         TrainJob(model=model_cfg, train=tc, data=args.data, out=Path(args.out), data_seed=args.data_seed,
                  resume=args.resume, init=Path(args.init) if args.init else None, progress=not args.quiet,
-                 feature_cache=Path(args.feature_cache) if args.feature_cache else None)
+                 feature_cache=Path(args.feature_cache) if args.feature_cache else None,
+                 checkpoint_every_min=args.checkpoint_every_min)
     )
     print(f"checkpoint: {last}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from boltzformer.atomic import check_output
     from boltzformer.checkpoint import load_checkpoint
+    from boltzformer.config import config_to_dict
     from boltzformer.data.loading import open_dataset
     from boltzformer.evaluate import evaluate_model, report_to_markdown, write_report
+    from boltzformer.provenance import differences, made_by
 
     if not str(args.out).endswith(".json"):
         raise ValueError(f"--out must be a .json file, got {args.out}")
+    check_output(args.out, kind="file")
+    check_output(Path(args.out).with_suffix(".md"), kind="file")
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1 (passes per image), got {args.samples}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     _check_data_arg(args.data)
     _check_overlap(args.window_overlap)
     model = load_checkpoint(args.checkpoint)
+    settings = {k: getattr(args, k) for k in ("data", "split", "data_seed", "seed", "limit", "samples", "lesion_iou",
+                                               "nsd_tolerance", "negatives", "batch_size", "window_overlap")}
+    by = json.loads(json.dumps(made_by(args.checkpoint, config_to_dict(model.config), settings)))
+    previous = _read_json(Path(args.out))
+    if previous is not None and not args.force:
+        why = differences(previous.get("made_by"), by)
+        if not why:
+            print(f"{args.out}: up to date (made by the same checkpoint, settings and code); --force evaluates again")
+            return 0
+        print(f"{args.out}: evaluating again: {'; '.join(why)}", file=sys.stderr)
     dataset = open_dataset(args.data, args.split, seed=args.data_seed, synthetic_size=model.config.image_size)
     if args.negatives:
         from boltzformer.data.negatives import WithNegatives
@@ -281,10 +329,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report["checkpoint"] = str(args.checkpoint)
     report["data"] = args.data
     report["split"] = args.split
+    report["made_by"] = by
     title = f"{args.data} ({args.split})"
     write_report(report, args.out, title=title)
     print(report_to_markdown(report, title=title))
+    print(f"{args.out}: {report['n']} samples of {args.data} ({args.split}), Dice {report['dice']:.3f}")
     return 0
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _save_png_atomic(images: dict[Path, Any]) -> None:
@@ -297,18 +357,56 @@ def _save_png_atomic(images: dict[Path, Any]) -> None:
 
 
 def _window_arg(window: str | None):
-    if window is None or "," not in window:
+    """--window as given, checked (a known name, or CENTER,WIDTH with width > 0) before any file is read."""
+    from boltzformer.data.windows import _resolve_window
+
+    if window is None:
+        return None
+    if "," not in window:
+        try:
+            _resolve_window(window)
+        except ValueError as exc:
+            raise ValueError(f"--window: {exc}") from None
         return window
     try:
         center, width = (float(v) for v in window.split(","))
     except ValueError:
         raise ValueError(f"--window expects a site name or CENTER,WIDTH in HU, got {window!r}") from None
-    return center, width
+    try:
+        return _resolve_window((center, width))
+    except ValueError as exc:
+        raise ValueError(f"--window {window}: {exc}") from None
+
+
+def _axis_arg(axis: str | None):
+    from boltzformer.data.medical import VIEWS
+
+    if axis is None:
+        return None
+    if axis in ("0", "1", "2"):
+        return int(axis)
+    if axis not in VIEWS:
+        raise ValueError(f"--axis must be one of {sorted(VIEWS)} or 0, 1, 2, got {axis!r}")
+    return axis
+
+
+def _modality_arg(modality: str | None) -> str | None:
+    import re
+
+    if modality is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9 +_-]{0,31}", modality.strip()):
+        raise ValueError(f"--modality expects a modality name such as CT, MR, PET, US (letters, digits, '-'), got {modality!r}")
+    return modality.strip()
+
+
+def _probability_arg(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from boltzformer.checkpoint import load_checkpoint
-    from boltzformer.inference import find_inputs, run_batch, summary_table
+    from boltzformer.atomic import check_output
     from boltzformer.model.text import check_prompts
 
     prompts = check_prompts(args.prompt, name="--prompt")
@@ -317,25 +415,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     _check_overlap(args.window_overlap)
+    _probability_arg("--threshold", args.threshold)
+    _probability_arg("--existence-threshold", args.existence_threshold)
     window = _window_arg(args.window)
+    args.axis = _axis_arg(args.axis)
+    args.modality = _modality_arg(args.modality)
     out = Path(args.out)
+    if not Path(args.input).exists():
+        raise FileNotFoundError(f"--input {args.input} does not exist")
     if out.suffix.lower() == ".png":
+        if Path(args.input).is_dir():
+            raise ValueError(f"--input {args.input} is a folder (images or a DICOM series): give a folder as --out, "
+                             f"not the mask file {out}")
+        check_output(out, kind="file")
         return _predict_one_image(args, prompts, window)
     if args.samples > 1:
         raise ValueError("--samples applies to one 2D image with --out MASK.png")
+    check_output(out, kind="folder")
+    from boltzformer.checkpoint import load_checkpoint
+    from boltzformer.inference import find_inputs, run_batch, summary_table
+
     inputs = find_inputs(args.input)
     model = load_checkpoint(args.checkpoint)
     progress = None
     if len(inputs) == 1 and not args.quiet:
         progress = lambda done, total: print(f"\r  slice {done}/{total}", end="" if done < total else "\n", file=sys.stderr)  # noqa: E731
+    log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else (  # noqa: E731
+        lambda line: print(line, file=sys.stderr) if "error" in line or "redone" in line else None)
     rows = run_batch(
-        model, inputs, prompts, out, modality=args.modality, window=window, axis=args.axis, context=args.context,
+        model, inputs, prompts, out, checkpoint=args.checkpoint, force=args.force, log=log,
+        modality=args.modality, window=window, axis=args.axis, context=args.context,
         batch_size=args.batch_size, seed=args.seed, threshold=args.threshold,
-        existence_threshold=args.existence_threshold, overlap=args.overlap, progress=progress, window_overlap=args.window_overlap,
+        existence_threshold=args.existence_threshold, series_uid=args.series_uid, overlap=args.overlap, progress=progress,
+        window_overlap=args.window_overlap,
     )
     print(summary_table(rows))
     errors = sum(r.status == "error" for r in rows)
-    print(f"{out / 'summary.json'}: {len(rows)} (file, prompt) pairs, {errors} failed")
+    done = sum(r.status == "done" for r in rows)
+    print(f"{out / 'summary.json'}: {len(rows)} (file, prompt) pairs, {done} done, {len(rows) - done - errors} skipped, {errors} failed")
     return 1 if errors else 0
 
 
@@ -345,9 +462,11 @@ def _predict_one_image(args: argparse.Namespace, prompts: list[str], window) -> 
 
     from boltzformer.atomic import write_json_atomic
     from boltzformer.checkpoint import load_checkpoint
-    from boltzformer.data.medical import load_image
-    from boltzformer.data.windows import to_uint8
+    from boltzformer.config import config_to_dict
+    from boltzformer.data.medical import check_segmentable, load_image
+    from boltzformer.data.windows import intensity_plan, to_uint8
     from boltzformer.lesions import lesions
+    from boltzformer.provenance import made_by
     from boltzformer.predict import Predictor
     from boltzformer.visualize import overlay
 
@@ -355,9 +474,11 @@ def _predict_one_image(args: argparse.Namespace, prompts: list[str], window) -> 
     if len(prompts) != 1:
         raise ValueError(f"--out {out} is one mask file: give one --prompt, or a folder as --out for {len(prompts)} prompts")
     prompt = prompts[0]
-    source = load_image(args.input, modality=args.modality)
+    source = load_image(args.input, modality=args.modality, axis=args.axis, series_uid=args.series_uid)
     if source.is_volume:
         raise ValueError(f"--input {args.input} is a volume: give a folder as --out (the mask is written as NIfTI)")
+    check_segmentable(source)
+    plan = intensity_plan(source, window=window, prompt=prompt)
     image = to_uint8(source, window=window, prompt=prompt)
     predictor = Predictor(load_checkpoint(args.checkpoint), threshold=args.threshold, seed=args.seed, bf16=args.bf16,
                           existence_threshold=args.existence_threshold, window_overlap=args.window_overlap)
@@ -384,6 +505,12 @@ def _predict_one_image(args: argparse.Namespace, prompts: list[str], window) -> 
     spacing = tuple(source.spacing[:2]) if source.spacing else None
     found = lesions(mask, probability=prob, spacing=spacing)
     write_json_atomic([x.to_dict() for x in found], out.with_name(out.stem + "_lesions.json"))
+    record = out.with_suffix(".json")
+    settings = {"seed": args.seed, "threshold": args.threshold, "existence_threshold": args.existence_threshold,
+                "window": window, "modality": args.modality, "samples": args.samples, "bf16": args.bf16}
+    write_json_atomic({"file": str(args.input), "prompt": prompt, "output": out.name, "present": bool(mask.any()),
+                       "area_px": int(mask.sum()), "existence": existence, "intensity": plan,
+                       "made_by": made_by(args.checkpoint, config_to_dict(predictor.model.config), settings)}, record)
     for x in found[:5]:
         print(f"  lesion {x.label}: {x.area_px} px at (row {x.centroid[0]:.0f}, col {x.centroid[1]:.0f}), mean probability {x.mean_probability:.2f}")
     if len(found) > 5:
@@ -391,21 +518,23 @@ def _predict_one_image(args: argparse.Namespace, prompts: list[str], window) -> 
     if existence is not None:
         print(f"existence: {existence:.3f} (target {'present' if existence >= args.existence_threshold else 'absent'})")
     area = float(mask.mean())
+    print(f"overlay: {overlay_path}; record (what made it): {record}")
+    print(f"intensities: {plan['mapping']} ({plan['why']})")
     print(f"{out}: {len(found)} lesion(s), {int(mask.sum())} pixels ({100 * area:.3f}% of the image), max probability {float(prob.max()):.3f}, {elapsed:.2f} s")
-    print(f"overlay: {overlay_path}")
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from boltzformer.atomic import atomic_paths
+    from boltzformer.atomic import atomic_paths, check_output
     from boltzformer.checkpoint import load_checkpoint
     from boltzformer.data.io import read_image
     from boltzformer.explain import sampling_maps, save_sampling_grid
     from boltzformer.model.text import check_prompts
 
     check_prompts([args.prompt], name="--prompt")
+    check_output(args.out, kind="folder")
     image = read_image(args.image)
     maps = sampling_maps(load_checkpoint(args.checkpoint), image, args.prompt, seed=args.seed)
     out = Path(args.out)
@@ -422,12 +551,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from boltzformer.atomic import write_json_atomic
+    from boltzformer.atomic import check_output, write_json_atomic
     from boltzformer.checkpoint import save_checkpoint
     from boltzformer.model import build_model
     from boltzformer.weights import load_pretrained
 
     out = Path(args.out)
+    check_output(out, kind="file")
+    check_output(out.with_name(out.name + ".load.json"), kind="file")
+    if not Path(args.weights).exists():
+        raise FileNotFoundError(f"--weights {args.weights} does not exist")
+    if not Path(args.weights).is_file():
+        raise ValueError(f"--weights {args.weights} is a folder; expected a .pt / .pth / .ckpt / .safetensors file")
     model = build_model(args.preset, **_overrides(args.set))
     report = load_pretrained(model, args.weights)
     save_checkpoint(model, out)
@@ -444,8 +579,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from boltzformer.atomic import check_output
     from boltzformer.demo import run_demo
 
+    check_output(args.out, kind="folder")
     run_demo(Path(args.out), max_steps=args.max_steps, seed=args.seed, n_test=args.n_test, progress=not args.quiet)
     return 0
 
@@ -501,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_freed_memory()  # large tensors reuse freed memory instead of fresh zeroed pages (runtime.py)
     try:
         return handlers[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ImportError) as exc:
         print(f"boltzformer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -55,6 +55,7 @@ class FileResult:
     display: np.ndarray  # the uint8 intensities the model saw, (H, W[, 3]) or (D, H, W)
     results: list[PromptResult]
     seconds: float
+    intensity: dict = field(default_factory=dict)  # how the file's values became 0-255 (windows.intensity_plan)
 
 
 @dataclass
@@ -194,6 +195,7 @@ def segment_file(
     seed: int = 0,
     threshold: float = 0.5,
     existence_threshold: float = 0.5,
+    series_uid: str | None = None,
     overlap: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     window_overlap: float | None = None,
@@ -208,12 +210,15 @@ def segment_file(
         DataError: the file cannot be read (the message names it).
     """
     from boltzformer.data.medical import load_image
-    from boltzformer.data.windows import to_uint8
+    from boltzformer.data.medical import check_segmentable
+    from boltzformer.data.windows import intensity_plan, to_uint8
     from boltzformer.predict import Predictor
 
     prompts = check_prompts(prompts, name="prompt")
     t0 = time.perf_counter()
-    image = load_image(path, modality=modality, axis=axis)
+    image = load_image(path, modality=modality, axis=axis, series_uid=series_uid)
+    check_segmentable(image)
+    plan = intensity_plan(image, window=window, prompt=prompts[0])
     display = to_uint8(image, window=window, prompt=prompts[0])
     if image.is_volume:
         results = segment_volume(
@@ -224,7 +229,7 @@ def segment_file(
         predictor = Predictor(model, threshold=threshold, seed=seed, existence_threshold=existence_threshold,
                               window_overlap=window_overlap)
         results = [PromptResult(r.prompt, r.mask, r.probability, r.existence) for r in predictor.segment(display, prompts)]
-    return FileResult(image=image, display=display, results=results, seconds=time.perf_counter() - t0)
+    return FileResult(image=image, display=display, results=results, seconds=time.perf_counter() - t0, intensity=plan)
 
 
 def find_inputs(path: str | Path) -> list[Path]:
@@ -257,21 +262,58 @@ def _input_name(path: Path) -> str:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from boltzformer.provenance import file_sha256
+
+    return file_sha256(path)
+
+
+# the options of segment_file that change a mask, and the inputs they apply to (see _settings)
+MASK_SETTINGS = ("seed", "threshold", "existence_threshold", "modality", "window", "axis", "context", "batch_size", "series_uid",
+                 "overlap", "window_overlap")
+
+
+def _settings(options: dict, *, volume: bool, eight_bit: bool, physical: bool) -> dict:
+    """The options that change this input's masks, JSON-normalised: the intensity options only where
+    the intensities are not used as stored (8-bit files are), ``modality`` only where it can make them
+    Hounsfield units (NIfTI, DICOM), the slicing options only for volumes."""
+    import json
+
+    keys = ["seed", "threshold", "existence_threshold", "window_overlap"]
+    if not eight_bit:
+        keys += ["modality", "window"] if physical else ["window"]
+    if volume:
+        keys += ["axis", "context", "batch_size", "overlap"] + (["series_uid"] if physical else [])
+    defaults = {"seed": 0, "threshold": 0.5, "existence_threshold": 0.5, "context": "2d", "batch_size": 8}
+    return json.loads(json.dumps({k: options.get(k, defaults.get(k)) for k in keys}))
+
+
+def _input_kind(image) -> dict:
+    """What the rerun check needs to know of an input without reading it again."""
+    return {"volume": bool(image.is_volume), "eight_bit": image.meta.get("source_dtype") == "uint8",
+            "physical": image.meta.get("format") in ("nifti", "dicom")}
 
 
 def _complete_record(record_path: Path) -> dict | None:
     """The record of a finished (file, prompt), or None when it or its mask is missing or altered."""
     try:
-        record = json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text(encoding="utf-8"))
         mask = record_path.parent / record["output"]
         return record if mask.is_file() and _sha256(mask) == record["sha256"] else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _stale(record: dict, path: Path, model_by: dict, options: dict) -> list[str]:
+    """Why a complete record is not what this run would write (empty: it is)."""
+    from boltzformer.provenance import differences, tree_fingerprint
+
+    source = record.get("source") or {}
+    if "kind" not in source:
+        return ["no provenance"]
+    if source.get("sha256") != tree_fingerprint(path):
+        return ["input file changed"]
+    current = dict(model_by, settings=_settings(options, **source["kind"]))
+    return differences(record.get("made_by"), current)
 
 
 def _write_outputs(file_result: FileResult, r: PromptResult, folder: Path, slug: str) -> tuple[Path, dict]:
@@ -311,6 +353,7 @@ def _write_outputs(file_result: FileResult, r: PromptResult, folder: Path, slug:
         "area_mm": area_mm,
         "existence": exist,
         "max_probability": float(r.probability.max()) if r.probability.size else 0.0,
+        "intensity": file_result.intensity,
         **extra,
     }
     return out, record
@@ -322,48 +365,81 @@ def run_batch(
     prompts: Sequence[str],
     out: str | Path,
     *,
+    checkpoint: str | Path | None = None,
+    force: bool = False,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     **options,
 ) -> list[SummaryRow]:
     """Segment every prompt in every input; see the module docstring for the outputs.
 
-    A (file, prompt) whose record and mask exist and agree is skipped ("skipped"). A file that cannot
-    be read is reported (``log``) and recorded as "error"; the others go on. ``options`` are
-    :func:`segment_file`'s.
+    Every record says what made it (``"made_by"``: ``checkpoint``'s SHA-256 and path, the model config,
+    the options that change this input's masks, the package version and commit; ``"source"``: the
+    input's SHA-256). A (file, prompt) whose record and mask exist, agree, and were made by the same
+    model, settings, code and input is skipped ("skipped"); any other is redone, and ``log`` says how
+    many and why. ``force`` redoes every pair. A file that cannot be read is reported (``log``) and
+    recorded as "error"; the others go on. ``options`` are :func:`segment_file`'s.
     """
     from boltzformer.atomic import write_json_atomic
+    from boltzformer.config import config_to_dict
     from boltzformer.data.io import DataError
+    from boltzformer.provenance import made_by, tree_fingerprint
 
     prompts = check_prompts(prompts, name="--prompt")
     out = Path(out)
+    model_by = made_by(checkpoint, config_to_dict(model.config) if model.config is not None else None, {})
     rows: list[SummaryRow] = []
-    for path in inputs:
+    nms = (options.get("overlap") or getattr(model.config, "prompt_overlap", "independent")) == "nms" and len(prompts) > 1
+    redone: dict[str, int] = {}
+    n_redone = 0
+    for i, path in enumerate(inputs, 1):
         folder = out / _input_name(path)
         slugs = [prompt_slug(p) for p in prompts]
-        done = {p: _complete_record(folder / f"{s}.json") for p, s in zip(prompts, slugs)}
+        done = {p: None if force else _complete_record(folder / f"{s}.json") for p, s in zip(prompts, slugs)}
+        for p in prompts:
+            if done[p] is not None:
+                why = _stale(done[p], path, model_by, options)  # type: ignore[arg-type]
+                if why:
+                    done[p] = None
+                    n_redone += 1
+                    for reason in why:
+                        redone[reason] = redone.get(reason, 0) + 1
         todo = [p for p in prompts if done[p] is None]
+        if todo and nms:  # one label per voxel: every prompt's mask depends on the others, so all are redone
+            todo, done = list(prompts), dict.fromkeys(prompts)
         for p in prompts:
             if done[p] is not None:
                 rec = done[p]
                 rows.append(SummaryRow(str(path), p, "skipped", rec["present"], rec["area_px"], rec["area_mm"],
                                        rec["existence"], None, str(folder / rec["output"])))
         if not todo:
+            log(f"[{i}/{len(inputs)}] {path.name}: {len(prompts)} skipped (complete)")
             continue
         try:
             result = segment_file(model, path, todo, **options)
         except (DataError, ValueError) as exc:
-            log(f"error: {exc} (skipped)")
+            log(f"[{i}/{len(inputs)}] error: {exc} (skipped)")
             rows.extend(SummaryRow(str(path), p, "error", error=str(exc)) for p in todo)
             continue
+        source = {"sha256": tree_fingerprint(path), "kind": _input_kind(result.image)}
+        by = dict(model_by, settings=_settings(options, **source["kind"]))
         per_prompt = result.seconds / len(todo)
         for r in result.results:
             slug = prompt_slug(r.prompt)
             written, record = _write_outputs(result, r, folder, slug)
-            record["seconds"] = per_prompt
+            record.update(seconds=per_prompt, made_by=by, source=source)
             write_json_atomic(record, folder / f"{slug}.json")  # last: marks the pair complete
             rows.append(SummaryRow(str(path), r.prompt, "done", record["present"], record["area_px"], record["area_mm"],
                                    record["existence"], per_prompt, str(written)))
-    write_json_atomic([asdict(r) for r in rows], out / "summary.json")
+        log(f"[{i}/{len(inputs)}] {path.name}: {len(todo)} done in {result.seconds:.1f} s"
+            + (f", {len(prompts) - len(todo)} skipped" if len(todo) < len(prompts) else ""))
+    if force:
+        log("--force: every pair redone")
+    elif redone:
+        log(f"{n_redone} (file, prompt) pair(s) redone, made by something else before: "
+            + "; ".join(f"{k} ({v})" for k, v in sorted(redone.items())))
+    shown = {k: v for k, v in options.items() if k in MASK_SETTINGS}  # not the progress callback
+    write_json_atomic({"made_by": model_by, "options": json.loads(json.dumps(shown)), "pairs": [asdict(r) for r in rows]},
+                      out / "summary.json")
     return rows
 
 

@@ -189,7 +189,7 @@ def test_pixel_and_voxel_limits(tmp_path):
 
 
 def test_segment_rejects_bad_options(tmp_path):
-    image = load_upload(_png(tmp_path / "x.png", np.zeros((32, 32), np.uint8)))
+    image = load_upload(_png(tmp_path / "x.png", np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)))
     predictor = boltzformer.Predictor(boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4))
     with pytest.raises(ValueError, match=r"samples \(K\) must be in \[2, 64\]"):
         segment(predictor, image, "nodule", out_dir=tmp_path, samples=1)
@@ -212,7 +212,7 @@ def test_ui_handlers_show_one_message_and_the_app_is_offline(tmp_path, monkeypat
     assert str(folder) not in status and "Traceback" not in status
     *_, status = session.on_segment(None, "nodule", 4, 0.5, 0, 0, "2d", progress=lambda *a, **k: None)
     assert "upload an image first" in status
-    image, *_ = session.on_upload(str(_png(folder / "ok.png", np.zeros((32, 32), np.uint8))))
+    image, *_ = session.on_upload(str(_png(folder / "ok.png", np.arange(32 * 32, dtype=np.uint8).reshape(32, 32))))
     *_, status = session.on_segment(image, " ; ", 4, 0.5, 0, 0, "2d", progress=lambda *a, **k: None)
     assert status.startswith("**Error:** ") and "at least one prompt" in status
 
@@ -233,3 +233,13 @@ def test_cli_app_serves_on_localhost_and_rejects_a_missing_checkpoint(tmp_path, 
     monkeypatch.setattr("boltzformer.app.serve", lambda checkpoint, **kw: calls.append((checkpoint, kw)))
     assert main(["app", "--checkpoint", "m.ckpt", "--port", "7999"]) == 0
     assert calls == [("m.ckpt", {"host": "127.0.0.1", "port": 7999})]
+
+
+def test_the_app_removes_its_temporary_folder_on_exit():
+    ui = importlib.import_module("boltzformer.app.ui")
+    session = ui._Session(boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4), None, 2**20, 2**20)
+    root = session.root
+    (session.request_dir() / "mask.png").write_bytes(b"x")
+    assert root.is_dir() and session._cleanup.atexit  # runs at interpreter exit too
+    session._cleanup()
+    assert not root.exists()

@@ -431,3 +431,29 @@ def test_cli_import_then_train(tmp_path, capsys):
     assert main(["import", str(src), "--out", str(tmp_path / "x"), "--window", "40,x"]) == 2
     assert "(center, width) in HU" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_imported_folder_says_what_made_it_and_a_rerun_redoes_only_a_different_import(tmp_path):
+    import stat
+
+    src, out = tmp_path / "bp", tmp_path / "out"
+    _make_biomedparse(src)
+    import_dataset(src, out)
+    made = _meta(out)["made_by"]
+    assert made["source"] == str(src.resolve()) and made["kind"] == "biomedparse" and made["options"] == {"link": False}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()  # not mkdtemp's 0700
+    again = import_dataset(src, out)
+    assert any("nothing redone" in n for n in again.notes) and again.n_pairs == 5
+    with pytest.raises(FileExistsError, match="imported with other options"):
+        import_dataset(src, out, link=True)
+    (src / "extra.txt").write_text("a new file in the source")
+    with pytest.raises(FileExistsError, match="source_listing_sha256"):
+        import_dataset(src, out)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -447,3 +447,34 @@ def test_real_png_loads_as_read_image_reads_it(shared_data):
 def test_medical_image_is_a_plain_dataclass(tmp_path):
     img = MedicalImage(np.zeros((2, 2), np.float32), False, None, None, None, tmp_path / "x.png")
     assert img.meta == {} and img.display_affine is None
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("nan", "no finite value"), ("constant", "one value everywhere"), ("tiny", "at least 16 a side"), ("strip", "aspect ratio"),
+])
+def test_images_that_cannot_give_a_meaningful_mask_are_refused(tmp_path, case, needle):
+    import tifffile
+
+    from boltzformer.data.medical import check_segmentable
+
+    arrays = {"nan": np.full((32, 32), np.nan, np.float32), "constant": np.full((32, 32), 7.0, np.float32),
+              "tiny": np.arange(1, dtype=np.float32).reshape(1, 1), "strip": np.random.default_rng(0).random((16, 400)).astype(np.float32)}
+    tifffile.imwrite(tmp_path / f"{case}.tif", arrays[case])
+    with pytest.raises(DataError, match=needle):
+        check_segmentable(load_image(tmp_path / f"{case}.tif"))
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    from PIL import Image
+
+    from boltzformer.data.io import read_image
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :5] = 255  # a bright left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    shown = read_image(tmp_path / "photo.jpg")
+    assert shown.shape == (40, 20, 3)  # as a viewer shows it
+    assert shown[:5].mean() > 200 and shown[-5:].mean() < 50  # the left edge is now the top
+    assert load_image(tmp_path / "photo.jpg").array.shape[:2] == (40, 20)

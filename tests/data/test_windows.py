@@ -155,3 +155,32 @@ def test_volume_slices_checks_its_arguments():
         volume_slices(np.zeros((3, 4), np.uint8))
     with pytest.raises(ValueError, match="context must be '2d' or '2.5d'"):
         volume_slices(np.zeros((2, 3, 4), np.uint8), context="3d")
+
+
+def test_16_bit_png_with_a_ct_prompt_is_grey_levels_not_hu(tmp_path):
+    """A 16-bit PNG holds grey levels: a CT prompt does not window it as HU (it would saturate to white)."""
+    from PIL import Image
+
+    from boltzformer.data.medical import load_image
+    from boltzformer.data.windows import intensity_plan
+
+    values = (np.random.default_rng(0).random((32, 40)) * 3000 + 20000).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "x16.png")
+    image = load_image(tmp_path / "x16.png")
+    plan = intensity_plan(image, prompt="lung nodule in CT scan")
+    assert plan["mapping"] == "percentiles" and "not HU" in plan["why"]
+    out = to_uint8(image, prompt="lung nodule in CT scan")
+    assert 0 < out.mean() < 255 and len(np.unique(out)) > 100  # stretched, not saturated
+    windowed = intensity_plan(image, window="lung", prompt="lung nodule in CT scan")
+    assert windowed["mapping"] == "window" and windowed["unit"] == "HU"  # told otherwise: HU
+
+
+def test_nifti_ct_is_windowed_as_hu(tmp_path):
+    import nibabel as nib
+
+    from boltzformer.data.medical import load_image
+    from boltzformer.data.windows import intensity_plan
+
+    nib.save(nib.Nifti1Image(np.full((20, 20, 2), -300, np.int16), np.eye(4)), tmp_path / "ct.nii.gz")
+    plan = intensity_plan(load_image(tmp_path / "ct.nii.gz", modality="CT"), prompt="liver tumor")
+    assert plan["mapping"] == "window" and (plan["center"], plan["width"]) == WINDOWS["liver"]

@@ -180,3 +180,36 @@ def test_native_patches_with_a_cached_frozen_encoder(tmp_path):
     assert result["window_overlap"] == 0.5 and result["n"] >= 1
     assert main(["evaluate", "--checkpoint", str(out / "last.ckpt"), "--data", str(data), "--out", str(report),
                  "--window-overlap", "1.5"]) == 2
+
+
+def test_a_killed_run_resumes_to_the_asked_step_with_its_whole_metrics_history(tmp_path):
+    """SIGKILL after the first time-based checkpoint, then --resume: the run ends at --max-steps and
+    logs/metrics.csv holds every logged step once, the killed part included."""
+    import csv
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "boltzformer.cli", "train", "--data", "synthetic", "--out", str(out), "--max-steps", "40",
+            "--batch-size", "1", "--val-every", "40", "--val-batches", "1", "--image-size", "64", "--set", "num_layers=2",
+            "--set", "num_queries=2", "--set", "hidden_dim=32", "--checkpoint-every-min", "0.002", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "last.ckpt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # kill at some point after the first checkpoint, mid-run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "last.ckpt").exists(), proc.stderr.read().decode()[-2000:]
+    killed_at = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < killed_at < 40, "the run must be killed mid-way for this test to mean something"
+    done = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 40
+    with open(out / "logs" / "metrics.csv", newline="") as f:
+        steps = [int(float(r["step"])) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps == [9, 19, 29, 39]  # log_every_n_steps = 10: each once, before and after the kill

@@ -199,7 +199,7 @@ def load_upload(path: str | Path, *, max_pixels: int = MAX_PIXELS, max_voxels: i
         DataError: unknown extension, unreadable file, or more pixels / voxels than allowed; the
             message names the file and what was expected.
     """
-    from boltzformer.data.medical import load_image
+    from boltzformer.data.medical import check_segmentable, load_image
 
     path = Path(path)
     suffix = _suffix(path)
@@ -217,6 +217,7 @@ def load_upload(path: str | Path, *, max_pixels: int = MAX_PIXELS, max_voxels: i
         image = load_image(path)
     shape = image.array.shape if image.is_volume else image.array.shape[:2]
     _check_size(path.name, shape, image.is_volume, max_pixels=max_pixels, max_voxels=max_voxels)
+    check_segmentable(image)  # all NaN, one value, too small or a thin strip: one message
     return AppImage(image, path.name)
 
 

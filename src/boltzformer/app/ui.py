@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ class _Session:
         self.max_voxels = max_voxels
         self.root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="boltzformer-app-"))
         self.root.mkdir(parents=True, exist_ok=True)
+        if workdir is None:  # ours: removed when the session goes or the process exits (Ctrl-C included)
+            self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.root), ignore_errors=True)
 
     def request_dir(self) -> Path:
         old = sorted((p for p in self.root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)

@@ -213,7 +213,7 @@ def read_dicom_series(
         listed = "; ".join(_describe_series(u, d) for u, d in sorted(series.items()))
         raise DataError(
             f"DICOM folder {folder} holds {len(series)} series, expected one: {listed}. "
-            "Pass series_uid=... or put each series in its own folder"
+            "Pass --series-uid UID (series_uid=... in Python) or put each series in its own folder"
         )
     else:
         series_uid, chosen = next(iter(series.items()))

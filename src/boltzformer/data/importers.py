@@ -171,10 +171,12 @@ def _check_out(source: Path, out: Path, overwrite: bool) -> None:
 class _FolderWriter:
     """Builds a dataset folder in ``<out>.tmp-XXXX`` and renames it to ``out`` on :meth:`commit`."""
 
-    def __init__(self, out: Path, overwrite: bool) -> None:
-        self.out, self.overwrite = out, overwrite
+    def __init__(self, out: Path, overwrite: bool, made_by: Mapping[str, Any] | None = None) -> None:
+        from boltzformer.atomic import make_temp_dir
+
+        self.out, self.overwrite, self.made_by = out, overwrite, made_by
         out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
+        self.tmp = make_temp_dir(out.parent, f"{out.name}.tmp-")  # 0755 under umask 022, not mkdtemp's 0700
         (self.tmp / "images").mkdir()
         (self.tmp / "masks").mkdir()
         self.pairs: list[dict[str, Any]] = []
@@ -217,6 +219,8 @@ class _FolderWriter:
         if not self.pairs:
             raise DataError(f"nothing to import into {self.out}: no (image, mask) pair was found")
         meta = {**header, "num_pairs": len(self.pairs), "num_images": len(self.images), "pairs": self.pairs}
+        if self.made_by is not None:
+            meta["made_by"] = dict(self.made_by)
         (self.tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         old = None
         if self.out.exists():
@@ -341,13 +345,13 @@ def validate_folder(root: str | os.PathLike) -> ImportSummary:
     return _summary("folder", root, None, raw, [])
 
 
-def _import_folder(source: Path, out: Path | None, *, overwrite: bool, link: bool) -> ImportSummary:
+def _import_folder(source: Path, out: Path | None, *, overwrite: bool, link: bool, made_by: Mapping[str, Any] | None = None) -> ImportSummary:
     summary = validate_folder(source)
     if out is None:
         return summary
     _check_out(source, out, overwrite)
     meta = json.loads((source / META_FILE).read_text(encoding="utf-8"))
-    with _FolderWriter(out, overwrite) as w:
+    with _FolderWriter(out, overwrite, made_by) as w:
         for rel in sorted({p[k] for p in meta["pairs"] for k in ("image", "mask")}):
             _copy_or_link(source / rel, w.tmp / rel, link)
         w.pairs = meta.pop("pairs")
@@ -378,14 +382,14 @@ def _read_biomedparse_mask(path: Path) -> np.ndarray:
         raise DataError(f"mask {path} could not be read as an image: {type(e).__name__}: {e}") from e
 
 
-def _import_biomedparse(source: Path, out: Path, *, overwrite: bool, link: bool) -> ImportSummary:
+def _import_biomedparse(source: Path, out: Path, *, overwrite: bool, link: bool, made_by: Mapping[str, Any] | None = None) -> ImportSummary:
     splits = _biomedparse_splits(source)
     if not splits:
         raise DataError(f"{source}: no BiomedParse image folder X/ with a mask folder X{MASK_SUFFIX}/ beside it")
     _check_out(source, out, overwrite)
     notes: list[str] = []
     prefix_split = len(splits) > 1  # image names may repeat across train/ and test/
-    with _FolderWriter(out, overwrite) as w:
+    with _FolderWriter(out, overwrite, made_by) as w:
         for image_dir, mask_dir in splits:
             images = {p.stem: p for p in sorted(image_dir.glob("*.png")) if not p.name.startswith(".")}
             masks = sorted(p for p in mask_dir.glob("*.png") if not p.name.startswith("."))
@@ -576,7 +580,7 @@ def _case_rng(seed: int, case: str, label: str) -> np.random.Generator:
 def _import_msd(
     source: Path, out: Path, *, overwrite: bool, site: str | None, modality: str | None, channel: int,
     slice_step: int, negative_ratio: float, label_names: Mapping[str, str] | None, seed: int,
-    window: str | tuple[float, float] | None,
+    window: str | tuple[float, float] | None, made_by: Mapping[str, Any] | None = None,
 ) -> ImportSummary:
     from boltzformer.data.windows import to_uint8
 
@@ -614,7 +618,7 @@ def _import_msd(
         window = _ct_window(list(targets.values()), site)
     cases = _msd_cases(source, layout.file_ending, channel)
     _check_out(source, out, overwrite)
-    with _FolderWriter(out, overwrite) as w:
+    with _FolderWriter(out, overwrite, made_by) as w:
         for case, image_path, label_path in cases:
             in_file = None if image_path.name == f"{case}_{channel:04d}{layout.file_ending}" else channel
             image, labels = _load_case(image_path, label_path, in_file)
@@ -709,10 +713,52 @@ def import_dataset(
     if out is None and kind != "folder":
         raise ValueError(f"an output folder (--out) is needed to import a {kind} dataset")
     out = None if out is None else Path(out)
+    if out is not None:
+        from boltzformer.atomic import check_output
+
+        check_output(out, kind="folder")
+    options = {"link": link} if kind != "msd" else {
+        "site": site, "modality": modality, "channel": channel, "slice_step": slice_step, "negative_ratio": negative_ratio,
+        "label_names": dict(label_names or {}), "seed": seed, "window": window}
+    made_by = _import_provenance(source, kind, options)
+    if out is not None and not overwrite:
+        same = _same_import(out, made_by)
+        if same is not None:
+            return same
     if kind == "folder":
-        return _import_folder(source, out, overwrite=overwrite, link=link)
+        return _import_folder(source, out, overwrite=overwrite, link=link, made_by=made_by)
     if kind == "biomedparse":
-        return _import_biomedparse(source, out, overwrite=overwrite, link=link)
+        return _import_biomedparse(source, out, overwrite=overwrite, link=link, made_by=made_by)
     return _import_msd(source, out, overwrite=overwrite, site=site, modality=modality, channel=channel,
                        slice_step=slice_step, negative_ratio=negative_ratio, label_names=label_names, seed=seed,
-                       window=window)
+                       window=window, made_by=made_by)
+
+
+def _import_provenance(source: Path, kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes an imported folder: the source (path, and size + mtime of its top-level entries), the
+    kind and options, the package version and commit."""
+    from boltzformer.provenance import git_commit, package_version
+
+    listing = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in source.iterdir() if not p.name.startswith("."))
+    digest = hashlib.sha256(repr(listing).encode("utf-8", "surrogateescape")).hexdigest()
+    made = {"source": str(source.resolve()), "source_listing_sha256": digest, "kind": kind, "options": dict(options),
+            "version": package_version(), "commit": git_commit()}
+    return json.loads(json.dumps(made))
+
+
+def _same_import(out: Path, made_by: Mapping[str, Any]) -> ImportSummary | None:
+    """The summary of ``out`` when it already holds this import (same source, kind, options, code);
+    None when it is empty or absent. A non-empty ``out`` made otherwise is an error naming what differs."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        stored = json.loads((out / META_FILE).read_text(encoding="utf-8")).get("made_by")
+    except (OSError, ValueError, AttributeError):
+        stored = None
+    if stored == made_by:
+        summary = validate_folder(out)
+        summary.notes.append(f"{out} already holds this import (same source, options and code): nothing redone")
+        return summary
+    differ = "it was not made by an import" if not stored else "it was imported with other " + ", ".join(
+        k for k in made_by if stored.get(k) != made_by[k])
+    raise FileExistsError(f"--out {out} exists and is not empty ({differ}); pass --overwrite to replace it")

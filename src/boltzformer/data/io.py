@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["DataError", "MASK_THRESHOLD", "read_image", "read_mask"]
 
@@ -45,11 +45,11 @@ def _open_converted(path: str | os.PathLike, mode: str | None, what: str) -> Ima
         raise DataError(f"{what} file {path} is not a file (expected a PNG/JPEG image)")
     try:
         with Image.open(path) as img:
-            # convert() / load() force a full decode, so truncated or corrupt data fails here, not later
-            if mode is None:
-                img.load()
-                return img
-            return img.convert(mode)
+            # convert() / load() force a full decode, so truncated or corrupt data fails here, not later;
+            # exif_transpose: a photo a viewer shows rotated (EXIF Orientation) is read as the viewer shows it
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return img if mode is None else img.convert(mode)
     except Image.DecompressionBombError as e:
         raise DataError(
             f"{what} file {path} is too large to decode safely "

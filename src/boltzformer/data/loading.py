@@ -35,8 +35,8 @@ def open_dataset(
     fold: tuple[int, int] | None = None,
 ) -> Dataset:
     """``"synthetic"`` (the built-in benchmark) or one or more dataset folders (comma-separated or a
-    list), each in the ``shared/data`` format. ``split``: "train", "val" or "test". ``fold``: ``(k, n)``,
-    cross-validation fold k of n of every folder (:func:`~boltzformer.data.folder.fold_groups`)."""
+    list), each in the ``shared/data`` format. ``split``: "train", "val", "test" or "all" (every sample).
+    ``fold``: ``(k, n)``, cross-validation fold k of n of every folder (:func:`~boltzformer.data.folder.fold_groups`)."""
     paths = _split_paths(data)
     if not paths:
         raise ValueError("--data is empty: give 'synthetic' or a dataset folder")
@@ -45,6 +45,8 @@ def open_dataset(
 
         counts = synthetic_counts or {}
         cfg = SyntheticConfig(image_size=synthetic_size, seed=seed, **counts)
+        if split == "all":
+            return ConcatDataset([SyntheticDataset(s, cfg) for s in ("train", "val", "test")])
         return SyntheticDataset(split, cfg)
     if fold is not None and SYNTHETIC in paths:
         raise ValueError("cross-validation folds are for dataset folders, not 'synthetic'")

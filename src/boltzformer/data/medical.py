@@ -36,11 +36,15 @@ from PIL import Image
 from boltzformer.atomic import atomic_paths
 from boltzformer.data.io import DataError
 
-__all__ = ["MAX_VOXELS", "MedicalImage", "VIEWS", "load_image", "read_label", "write_mask"]
+__all__ = ["MAX_ASPECT", "MAX_VOXELS", "MIN_SIDE", "MedicalImage", "VIEWS", "check_segmentable", "load_image", "read_label", "write_mask"]
 
 # refuse volumes (NIfTI, TIFF stacks, DICOM series) with more voxels than this before allocating
 # them; 2D images follow Pillow's PIL.Image.MAX_IMAGE_PIXELS (refused above twice that, as Pillow)
 MAX_VOXELS = 2**31
+# images that cannot give a meaningful mask: a side under MIN_SIDE pixels, or one side over MAX_ASPECT
+# times the other (the model pads to a square, so a 1 x 200 strip is almost all padding)
+MIN_SIDE = 16
+MAX_ASPECT = 10.0
 # RAS axis codes of (D, H, W) per named view; see the module docstring
 VIEWS: dict[str, tuple[str, str, str]] = {"axial": ("S", "P", "L"), "coronal": ("A", "I", "L"), "sagittal": ("R", "I", "P")}
 # a label's world grid must match its image's within these (mm, as in np.allclose)
@@ -342,6 +346,28 @@ def load_image(
     pixels, info = dicom.read_dicom_file(path, max_pixels=2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else MAX_VOXELS)
     meta = dict(format="dicom", source_dtype="float32", window=info["window"], monochrome1=info["monochrome1"])
     return MedicalImage(pixels, False, info["spacing"], info["affine"], _normalise_modality(modality or info["modality"]), path, meta)
+
+
+def check_segmentable(image: MedicalImage) -> None:
+    """Refuse an image that cannot give a meaningful mask: a (slice) side under :data:`MIN_SIDE`
+    pixels, an aspect ratio beyond :data:`MAX_ASPECT`, no finite value, or one value everywhere.
+
+    Raises:
+        DataError: naming the file and what was found.
+    """
+    arr = image.array
+    h, w = (arr.shape[1:3] if image.is_volume else arr.shape[:2])
+    where = f"image file {image.path}"
+    if min(h, w) < MIN_SIDE:
+        raise DataError(f"{where} is {h}x{w} pixels{' per slice' if image.is_volume else ''}; expected at least {MIN_SIDE} a side")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise DataError(f"{where} is {h}x{w} pixels, an aspect ratio of {max(h, w) / min(h, w):.0f}:1; expected at most {MAX_ASPECT:g}:1")
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise DataError(f"{where} holds no finite value (all NaN or infinite); nothing to segment")
+    values = arr[finite] if not finite.all() else arr
+    if float(values.min()) == float(values.max()):
+        raise DataError(f"{where} holds one value everywhere ({float(values.min()):g}); nothing to segment")
 
 
 # ---------------------------------------------------------------- masks out

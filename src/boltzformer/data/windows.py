@@ -28,6 +28,7 @@ __all__ = [
     "PERCENTILES",
     "VolumeSlices",
     "WINDOWS",
+    "intensity_plan",
     "modality_for_prompt",
     "to_uint8",
     "volume_slices",
@@ -148,6 +149,58 @@ def _percentile_stretch(array: np.ndarray) -> np.ndarray:
     return _apply_window(array, (lower + upper) / 2, upper - lower)
 
 
+def intensity_plan(
+    array: np.ndarray | MedicalImage,
+    *,
+    modality: str | None = None,
+    window: str | tuple[float, float] | None = None,
+    prompt: str | None = None,
+) -> dict:
+    """How :func:`to_uint8` turns these intensities into 0-255, as a JSON-ready dict stated in records.
+
+    ``{"mapping": "as stored" | "window" | "percentiles", "why": ...}``, with ``center`` / ``width`` (HU) for a
+    window and ``percentiles`` for a stretch. Values are Hounsfield units, and windowed, only where the
+    file says so (a DICOM or NIfTI image whose modality is CT: from the file, the caller or the prompt;
+    or a bare array with ``modality="CT"``) or where ``window`` is given. 16-bit and float PNG / TIFF
+    files hold grey levels, not HU: they are stretched like MR unless ``window`` is given.
+    """
+    from boltzformer.data.medical import MedicalImage  # the reader imports this module
+
+    physical = True
+    fmt = None
+    if isinstance(array, MedicalImage):
+        modality = modality or array.modality
+        fmt = array.meta.get("format")
+        if fmt is None:  # an image built by hand: its file name says
+            name = str(array.path).lower()
+            fmt = "nifti" if name.endswith((".nii", ".nii.gz")) else "dicom" if name.endswith((".dcm", ".dicom")) else None
+        physical = fmt in ("nifti", "dicom")
+        if array.meta.get("source_dtype") == "uint8":
+            return {"mapping": "as stored", "why": "8-bit file"}
+        dtype = np.dtype(np.float32)
+    else:
+        dtype = np.asarray(array).dtype
+    if dtype == np.uint8:
+        return {"mapping": "as stored", "why": "8-bit values"}
+    if dtype == bool:
+        return {"mapping": "as stored", "why": "binary image: 0 / 255"}
+    if window is not None:
+        center, width = _resolve_window(window)
+        return {"mapping": "window", "center": center, "width": width, "unit": "HU",
+                "why": f"window {window if isinstance(window, str) else 'given'}"}
+    said = "given"
+    if modality is None and prompt:
+        modality, said = modality_for_prompt(prompt), "from the prompt"
+    if modality is not None and modality.strip().upper() == "CT" and physical:
+        site = (window_for_prompt(prompt) if prompt else None) or DEFAULT_CT_WINDOW
+        center, width = WINDOWS[site]
+        return {"mapping": "window", "center": center, "width": width, "unit": "HU",
+                "why": f"CT {fmt or 'values'} ({said}) in HU, window {site}"}
+    why = "grey levels of a 16-bit / float image file (not HU; pass a window to treat them as HU)" if not physical else (
+        f"{modality or 'unknown modality'}: not CT")
+    return {"mapping": "percentiles", "percentiles": list(PERCENTILES), "why": why}
+
+
 def to_uint8(
     array: np.ndarray | MedicalImage,
     *,
@@ -155,17 +208,18 @@ def to_uint8(
     window: str | tuple[float, float] | None = None,
     prompt: str | None = None,
 ) -> np.ndarray:
-    """Intensities -> uint8 of the same shape, the grey values the model sees.
+    """Intensities -> uint8 of the same shape, the grey values the model sees (:func:`intensity_plan` says how).
 
     Args:
         array: intensities (2D, RGB or a (D, H, W) volume, one normalisation for the whole array), or a
             :class:`~boltzformer.data.medical.MedicalImage` (its ``modality`` is the default, and an image
             read from an 8-bit file is returned as it is, whatever its modality).
-        modality: ``"CT"`` windows the values (Hounsfield units); anything else is stretched between
-            the 0.5th and 99.5th percentiles of its non-zero values. ``None``: the image's modality, else
-            the one the prompt names ("... CT", "... MRI"), else not CT.
+        modality: ``"CT"`` windows the values (Hounsfield units) of a bare array, or of a NIfTI / DICOM
+            image; anything else, and 16-bit / float PNG or TIFF files (grey levels, not HU), is stretched
+            between the 0.5th and 99.5th percentiles of its non-zero values. ``None``: the image's
+            modality, else the one the prompt names ("... CT", "... MRI"), else not CT.
         window: a :data:`WINDOWS` name or ``(center, width)`` in HU; given, the values are windowed
-            whatever the modality. ``None`` for CT: the window of the site the prompt names
+            whatever the modality and the file. ``None`` for CT: the window of the site the prompt names
             (:func:`window_for_prompt`), else :data:`DEFAULT_CT_WINDOW`.
         prompt: the text prompt, to choose the modality and the window as above.
 
@@ -183,29 +237,20 @@ def to_uint8(
     """
     from boltzformer.data.medical import MedicalImage  # the reader imports this module
 
+    plan = intensity_plan(array, modality=modality, window=window, prompt=prompt)
     photometric_inverted = False
     if isinstance(array, MedicalImage):
-        image = array
-        modality = modality or image.modality
-        photometric_inverted = bool(image.meta.get("monochrome1", False))
-        array = image.array
-        if image.meta.get("source_dtype") == "uint8":
-            return np.asarray(array).astype(np.uint8)
+        photometric_inverted = bool(array.meta.get("monochrome1", False))
+        array = array.array
     array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if window is not None:
-        out = _apply_window(array, *_resolve_window(window))
+    if plan["mapping"] == "as stored":
+        if array.dtype == np.uint8:
+            return array
+        return array.astype(np.uint8) * (255 if array.dtype == bool else 1)
+    if plan["mapping"] == "window":
+        out = _apply_window(array, plan["center"], plan["width"])
     else:
-        if modality is None and prompt:
-            modality = modality_for_prompt(prompt)
-        if modality is not None and modality.strip().upper() == "CT":
-            site = (window_for_prompt(prompt) if prompt else None) or DEFAULT_CT_WINDOW
-            out = _apply_window(array, *WINDOWS[site])
-        else:
-            out = _percentile_stretch(array)
+        out = _percentile_stretch(array)
     # MONOCHROME1 (DICOM): high values are dark; the window keeps the values, the display inverts them
     return 255 - out if photometric_inverted else out
 

@@ -332,7 +332,10 @@ def write_report(
     if path_json.suffix.lower() != ".json":
         raise ValueError(f"path_json must end with .json, got {str(path_json)!r}")
     path_md = path_json.with_suffix(".md")
-    text_json = json.dumps(report, indent=2, allow_nan=False) + "\n"  # fails before anything is written
+    from boltzformer.atomic import json_safe
+
+    # fails before anything is written; UTF-8 for any file name (json_safe)
+    text_json = json.dumps(json_safe(report), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     text_md = report_to_markdown(report, title=title)
     path_json.parent.mkdir(parents=True, exist_ok=True)
     with atomic_paths(path_json, path_md) as (tmp_json, tmp_md):
