@@ -139,3 +139,12 @@ class ConvNorm(nn.Conv2d):
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+
+def check_image_batch(x: Tensor, size_divisor: int) -> None:
+    """Raise a ValueError unless ``x`` is (B, 3, H, W) with H and W multiples of ``size_divisor``."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"x must be (B, 3, H, W), got shape {tuple(x.shape)}")
+    H, W = x.shape[-2:]
+    if H % size_divisor or W % size_divisor:
+        raise ValueError(f"x: H and W must be multiples of {size_divisor}, got {H} x {W}")

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from boltzformer.model.layers import check_image_batch
+
 __all__ = ["HIERA_BP", "HIERA_S", "HieraBackbone", "HieraConfig", "sam2_state_dict_to_backbone"]
 
 FPN_INTERP_MODES = ("nearest", "bilinear", "bicubic")
@@ -412,11 +414,7 @@ class HieraBackbone(nn.Module):
         self.size_divisor = math.lcm(4 * config.q_stride[0] ** config.q_pool, 4 * config.window_spec[0])
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"x must be (B, 3, H, W), got shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if H % self.size_divisor or W % self.size_divisor:
-            raise ValueError(f"x: H and W must be multiples of {self.size_divisor}, got {H} x {W}")
+        check_image_batch(x, self.size_divisor)
 
     def forward_trunk(self, x: Tensor) -> list[Tensor]:
         """Trunk outputs (B, C_i, H_i, W_i) of every stage, finest (stride 4) first."""

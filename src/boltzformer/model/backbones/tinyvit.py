@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from boltzformer.model.layers import check_image_batch
+
 __all__ = ["LITE_MEDSAM", "TinyViTBackbone", "TinyViTConfig"]
 
 
@@ -271,11 +273,7 @@ class TinyViTBackbone(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"x must be (B, 3, H, W), got shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if H % self.size_divisor or W % self.size_divisor:
-            raise ValueError(f"x: H and W must be multiples of {self.size_divisor}, got {H} x {W}")
+        check_image_batch(x, self.size_divisor)
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Every stage's output (B, C_i, H_i, W_i) (before its merge) and then the neck's (B, 256, H/4, W/4)."""
