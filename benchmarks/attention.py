@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_json  # noqa: E402
 
 from boltzformer.model.attention import sampled_attention  # noqa: E402
-from boltzformer.sampling import AttentionSelection, sample_token_indices  # noqa: E402
+from boltzformer.model.sampling import AttentionSelection, sample_token_indices  # noqa: E402
 
 
 def _time(fn, repeat: int) -> float:

@@ -36,14 +36,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import machine, write_json  # noqa: E402
 
-from boltzformer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from boltzformer.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from boltzformer.config import TrainConfig, get_preset  # noqa: E402
 from boltzformer.data.folder import FolderDataset  # noqa: E402
 from boltzformer.evaluate import evaluate_model  # noqa: E402
-from boltzformer.features import FeatureCache  # noqa: E402
+from boltzformer.train.features import FeatureCache  # noqa: E402
 from boltzformer.model import build_model  # noqa: E402
 from boltzformer.train.runner import TrainJob, run_training  # noqa: E402
-from boltzformer.weights import load_pretrained  # noqa: E402
+from boltzformer.model.weights import load_pretrained  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"lidc": ("lidc_lung_nodule", 4), "lgg": ("lgg_brain_flair", 4), "kvasir": ("kvasir_small_polyp", 3)}

@@ -113,7 +113,7 @@ import math
 import torch.nn.functional as F
 from boltzformer.model.attention import MultiHeadAttention, sampled_attention_rows
 from boltzformer.model.reference_decoder import reference_keep_mask
-from boltzformer.sampling import sample_token_indices
+from boltzformer.model.sampling import sample_token_indices
 C, H, Q, N, B = {hidden}, {heads}, {queries}, {tokens}, 1
 d = C // H
 attn = MultiHeadAttention(C, H)

@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_json  # noqa: E402
 
 import boltzformer  # noqa: E402
-from boltzformer.kernels import counter_rng, triton_usable  # noqa: E402
+from boltzformer.model.kernels import counter_rng, triton_usable  # noqa: E402
 from boltzformer.model.attention import MultiHeadAttention, sampled_attention_rows  # noqa: E402
-from boltzformer.sampling import AttentionSelection, BoltzmannSampler, sample_token_indices  # noqa: E402
+from boltzformer.model.sampling import AttentionSelection, BoltzmannSampler, sample_token_indices  # noqa: E402
 
 #: seconds per section on one H100 (about 7 minutes in all, start-up aside)
 BUDGETS = {"tests": 60, "inference": 130, "train": 110, "decoder": 50, "attention": 60}
@@ -160,7 +160,7 @@ def section_tests(args, device) -> list[dict]:
     # the stream, on the device and on the CPU
     seed = torch.tensor(123456789, device=device)
     if device.type == "cuda" and triton_usable(seed):
-        from boltzformer.kernels import triton_attention
+        from boltzformer.model.kernels import triton_attention
 
         ours = triton_attention.exponentials(seed, 1 << 20).cpu()
     else:

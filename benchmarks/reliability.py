@@ -240,7 +240,7 @@ def run_subprocess(argv: list[str], cwd: Path) -> tuple[int, str, str]:
 
 
 def run_in_process(argv: list[str], cwd: Path) -> tuple[int, str, str]:
-    """The same through ``boltzformer.cli.main`` in this process (for the test's quick subset)."""
+    """The same through ``boltzformer.cli.commands`` in this process (for the test's quick subset)."""
     from boltzformer.cli import main
 
     out, err = io.StringIO(), io.StringIO()

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, table, write_json  # noqa: E402
 
-from boltzformer.checkpoint import load_checkpoint  # noqa: E402
+from boltzformer.model.checkpoint import load_checkpoint  # noqa: E402
 from boltzformer.config import TrainConfig, get_preset  # noqa: E402
 from boltzformer.data.loading import open_dataset  # noqa: E402
 from boltzformer.evaluate import evaluate_model  # noqa: E402

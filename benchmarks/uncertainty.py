@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import machine, table, write_json  # noqa: E402
 
-from boltzformer.checkpoint import load_checkpoint  # noqa: E402
+from boltzformer.model.checkpoint import load_checkpoint  # noqa: E402
 from boltzformer.config import TrainConfig, get_preset  # noqa: E402
 from boltzformer.data.loading import open_dataset  # noqa: E402
 from boltzformer.evaluate import SampleRecord, evaluate_model, summarize  # noqa: E402

@@ -24,9 +24,9 @@ import torch  # noqa: E402
 from common import machine, table, write_json  # noqa: E402
 
 import boltzformer  # noqa: E402
-from boltzformer.data.medical import load_image, write_mask  # noqa: E402
-from boltzformer.data.windows import to_uint8  # noqa: E402
-from boltzformer.inference import segment_volume  # noqa: E402
+from boltzformer.io.medical import load_image, write_mask  # noqa: E402
+from boltzformer.io.windows import to_uint8  # noqa: E402
+from boltzformer.predict.files import segment_volume  # noqa: E402
 
 
 def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

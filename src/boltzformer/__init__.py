@@ -9,7 +9,7 @@ Public API::
     mask = boltzformer.Predictor(model).predict(image, "lung nodule in CT scan")
 """
 
-from boltzformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from boltzformer.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, get_preset
 from boltzformer.model import BoltzFormer, BoltzFormerOutput, build_model
 from boltzformer.predict import Predictor

@@ -27,7 +27,7 @@ import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from boltzformer.sampling import ATTENTION_MODES
+from boltzformer.model.sampling import ATTENTION_MODES
 
 __all__ = [
     "BackboneConfig",

@@ -19,8 +19,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 import boltzformer
 from boltzformer.app import lesion_rows, load_upload, parse_prompts, segment, summary_rows
 from boltzformer.app.core import preview
-from boltzformer.data.io import DataError
-from boltzformer.data.medical import read_label
+from boltzformer.io.images import DataError
+from boltzformer.io.medical import read_label
 
 PROMPT = "lower-grade glioma in brain FLAIR MRI"
 LGG = ("lgg_brain_flair", "images", "TCGA_CS_4941_19960909_11.png")

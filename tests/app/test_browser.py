@@ -103,7 +103,7 @@ def _small_target_model(image: np.ndarray, prompt: str):
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     from boltzformer.app.ui import build_app, launch_app
-    from boltzformer.data.medical import load_image
+    from boltzformer.io.medical import load_image
 
     image = load_image(SHARED_DATA.joinpath(*LGG)).array.astype(np.uint8) if SHARED_DATA.is_dir() else np.zeros((64, 64), np.uint8)
     demo = build_app(_small_target_model(image, PROMPT), workdir=tmp_path_factory.mktemp("app"))
@@ -138,7 +138,7 @@ if __name__ == "__main__":  # the README screenshot, with a trained checkpoint
     import argparse
 
     from boltzformer.app.ui import build_app, launch_app
-    from boltzformer.checkpoint import load_checkpoint
+    from boltzformer.model.checkpoint import load_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint", required=True)

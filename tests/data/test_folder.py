@@ -1,4 +1,4 @@
-"""Tests of boltzformer.data.folder and boltzformer.data.io: patient-disjoint splits, the sample contract, error paths."""
+"""Tests of boltzformer.data.folder and boltzformer.io.images: patient-disjoint splits, the sample contract, error paths."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from boltzformer.data.folder import DataError, FolderDataset, open_folder_datasets, split_groups
-from boltzformer.data.io import read_image, read_mask
+from boltzformer.io.images import read_image, read_mask
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")

@@ -13,8 +13,8 @@ from PIL import Image
 
 from boltzformer.data.folder import FolderDataset
 from boltzformer.data.importers import biomedparse_prompt, detect_kind, import_dataset, modality_phrase
-from boltzformer.data.io import DataError
-from boltzformer.data.windows import WINDOWS
+from boltzformer.io.images import DataError
+from boltzformer.io.windows import WINDOWS
 
 
 def _png(path: Path, array: np.ndarray) -> Path:

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from boltzformer import cpu_kernels
+from boltzformer.model.kernels import cpu as cpu_kernels
 from boltzformer.model.attention import MultiHeadAttention
-from boltzformer.sampling import AttentionSelection, sample_token_indices
+from boltzformer.model.sampling import AttentionSelection, sample_token_indices
 
 
 def _inputs(B=2, Q=5, N=200, C=32, seed=0):
@@ -236,7 +236,7 @@ def test_draws_kernel_equals_pytorch(monkeypatch):
     R, n, M = 30, 40, 900
     # draws: the kernel and the PyTorch form map the same exponentials to the same draws, including
     # for a row without candidates (all zero: uniform) and very peaked rows
-    from boltzformer.sampling import _exponentials, _weighted_draws
+    from boltzformer.model.sampling import _exponentials, _weighted_draws
 
     weights = torch.rand(R, M, generator=g) ** 8
     weights[1] = 0.0

@@ -13,7 +13,7 @@ import boltzformer
 from boltzformer.model.existence import ExistenceHead
 from boltzformer.train.module import BoltzFormerModule
 from boltzformer.config import TrainConfig
-from boltzformer.weights import load_pretrained, map_official_key
+from boltzformer.model.weights import load_pretrained, map_official_key
 
 LAYOUTS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "official-layouts"
 

@@ -18,7 +18,7 @@ import torch
 from boltzformer.model.decoder import BoltzmannDecoder
 from boltzformer.model.pigma import PiGMA
 from boltzformer.model.text import TextFeatures
-from boltzformer.sampling import AttentionSelection, BoltzmannSampler
+from boltzformer.model.sampling import AttentionSelection, BoltzmannSampler
 
 GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "golden"
 PREFIX = "sem_seg_head.predictor."

@@ -44,7 +44,7 @@ def test_a_missing_hf_model_is_a_clear_error(tmp_path):
 
 
 def test_own_checkpoint_of_an_hf_text_model_loads_back(tiny_bert, tmp_path):
-    from boltzformer.weights import load_pretrained
+    from boltzformer.model.weights import load_pretrained
 
     torch.manual_seed(0)
     model = boltzformer.build_model("tiny", num_layers=2, num_queries=4, **{"text.hf_model": str(tiny_bert)})

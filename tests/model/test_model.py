@@ -256,7 +256,7 @@ def test_same_seed_same_sets_and_mask_with_and_without_the_c_kernels(monkeypatch
     layers' distributions come from attention outputs whose float32 sums are ordered differently
     (about 1e-7 relative), which could flip a draw lying that close to a boundary of the cumulative
     distribution: with this seed none does, and the masks agree."""
-    from boltzformer import cpu_kernels
+    from boltzformer.model.kernels import cpu as cpu_kernels
 
     if not cpu_kernels.available(torch.zeros(1)):
         pytest.skip("no C compiler: the CPU kernels are not built (nothing to compare with)")

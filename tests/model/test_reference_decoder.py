@@ -13,7 +13,7 @@ import boltzformer
 from boltzformer.model.decoder import BoltzmannDecoder
 from boltzformer.model.reference_decoder import ReferenceDecoder, ReferenceSampler, reference_keep_mask
 from boltzformer.model.text import TextFeatures
-from boltzformer.sampling import AttentionSelection, BoltzmannSampler, inclusion_probability
+from boltzformer.model.sampling import AttentionSelection, BoltzmannSampler, inclusion_probability
 
 SIZES = dict(in_channels=24, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=48, num_layers=4, num_queries=5)
 

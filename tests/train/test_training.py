@@ -123,7 +123,7 @@ def test_frozen_parts_stay_in_eval_mode():
 
 
 def test_cli_freeze_choices_equal_the_config():
-    from boltzformer import cli
+    from boltzformer.cli import commands as cli
     from boltzformer.config import FREEZABLE_PARTS
 
     assert tuple(cli._FREEZABLE) == FREEZABLE_PARTS

@@ -28,7 +28,7 @@ __all__ = ["AppImage", "PromptResult", "lesion_rows", "load_upload", "parse_prom
 
 def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int | None = None) -> None:
     """Load ``checkpoint`` and serve the app on ``host:port`` until interrupted."""
-    from boltzformer.checkpoint import load_checkpoint
+    from boltzformer.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint)  # a bad checkpoint fails before gradio is imported
     from boltzformer.app.ui import build_app, launch_app

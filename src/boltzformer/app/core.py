@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from boltzformer.data.io import DataError
-from boltzformer.data.medical import MedicalImage, write_mask
-from boltzformer.data.windows import to_uint8, volume_slices
-from boltzformer.explain import sampling_maps, save_sampling_grid
-from boltzformer.lesions import Lesion, lesions
+from boltzformer.io.images import DataError
+from boltzformer.io.medical import MedicalImage, write_mask
+from boltzformer.io.windows import to_uint8, volume_slices
+from boltzformer.predict.explain import sampling_maps, save_sampling_grid
+from boltzformer.predict.lesions import Lesion, lesions
 from boltzformer.model.text import check_prompts
-from boltzformer.predict import Predictor
-from boltzformer.visualize import overlay
+from boltzformer.predict.engine import Predictor
+from boltzformer.predict.visualize import overlay
 
 __all__ = [
     "AppImage",
@@ -54,7 +54,7 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".zip")
 
 @dataclass
 class AppImage:
-    """An uploaded image: ``image`` as :func:`boltzformer.data.medical.load_image` read it (``array``
+    """An uploaded image: ``image`` as :func:`boltzformer.io.medical.load_image` read it (``array``
     float32 (H, W) / (H, W, 3), or (D, H, W) slices-first in display orientation) and the name the
     user gave the file."""
 
@@ -190,7 +190,7 @@ def _unzip_series(path: Path, dest: Path, *, max_voxels: int) -> Path:
 
 
 def load_upload(path: str | Path, *, max_pixels: int = MAX_PIXELS, max_voxels: int = MAX_VOXELS) -> AppImage:
-    """Read an uploaded file with :func:`boltzformer.data.medical.load_image`, the command line's reader.
+    """Read an uploaded file with :func:`boltzformer.io.medical.load_image`, the command line's reader.
 
     Takes PNG/JPEG/BMP, TIFF (8/16-bit, stacks), NIfTI (.nii, .nii.gz), a DICOM file (.dcm) or a zipped
     DICOM series (.zip). The size is checked from the header before the pixels are decoded.
@@ -199,7 +199,7 @@ def load_upload(path: str | Path, *, max_pixels: int = MAX_PIXELS, max_voxels: i
         DataError: unknown extension, unreadable file, or more pixels / voxels than allowed; the
             message names the file and what was expected.
     """
-    from boltzformer.data.medical import check_segmentable, load_image
+    from boltzformer.io.medical import check_segmentable, load_image
 
     path = Path(path)
     suffix = _suffix(path)

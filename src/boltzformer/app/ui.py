@@ -35,7 +35,7 @@ from boltzformer.app.core import (  # noqa: E402
     summary_rows,
 )
 from boltzformer.model import BoltzFormer  # noqa: E402
-from boltzformer.predict import Predictor  # noqa: E402
+from boltzformer.predict.engine import Predictor  # noqa: E402
 
 __all__ = ["MAX_FILE_SIZE", "build_app", "launch_app", "offline_theme"]
 

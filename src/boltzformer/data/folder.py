@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
-from boltzformer.data.io import DataError, read_image, read_mask
+from boltzformer.io.images import DataError, read_image, read_mask
 
 __all__ = [
     "DataError",

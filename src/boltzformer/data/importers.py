@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from boltzformer.data.folder import META_FILE, FolderDataset
-from boltzformer.data.io import DataError, read_image
+from boltzformer.io.images import DataError, read_image
 
 __all__ = [
     "ImportSummary",
@@ -172,7 +172,7 @@ class _FolderWriter:
     """Builds a dataset folder in ``<out>.tmp-XXXX`` and renames it to ``out`` on :meth:`commit`."""
 
     def __init__(self, out: Path, overwrite: bool, made_by: Mapping[str, Any] | None = None) -> None:
-        from boltzformer.atomic import make_temp_dir
+        from boltzformer.io.atomic import make_temp_dir
 
         self.out, self.overwrite, self.made_by = out, overwrite, made_by
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -533,13 +533,13 @@ def _msd_cases(source: Path, ending: str, channel: int) -> list[tuple[str, Path,
 
 
 def _load_case(image_path: Path, label_path: Path, channel: int | None) -> tuple[Any, np.ndarray]:
-    """The case's image (a :class:`~boltzformer.data.medical.MedicalImage`, (D, H, W) axial slices in
+    """The case's image (a :class:`~boltzformer.io.medical.MedicalImage`, (D, H, W) axial slices in
     display orientation) and its label volume in the same order, checked to lie on the same grid.
 
     ``channel``: the channel to take from a file that holds them all (MSD v1 4D), None for a file of one
     channel (nnU-Net v2 ``<case>_<channel:04d>``).
     """
-    from boltzformer.data.medical import load_image, read_label
+    from boltzformer.io.medical import load_image, read_label
 
     if channel is None:
         return (image := load_image(image_path)), read_label(label_path, image)
@@ -566,7 +566,7 @@ def _load_case(image_path: Path, label_path: Path, channel: int | None) -> tuple
 
 def _ct_window(targets: Sequence[str], site: str | None) -> str:
     """The CT window of a dataset: the site its targets and site name ("liver tumor in abdomen CT" -> liver)."""
-    from boltzformer.data.windows import DEFAULT_CT_WINDOW, window_for_prompt
+    from boltzformer.io.windows import DEFAULT_CT_WINDOW, window_for_prompt
 
     return window_for_prompt(" ".join([*targets, "in", site or "", "CT"])) or DEFAULT_CT_WINDOW
 
@@ -582,7 +582,7 @@ def _import_msd(
     slice_step: int, negative_ratio: float, label_names: Mapping[str, str] | None, seed: int,
     window: str | tuple[float, float] | None, made_by: Mapping[str, Any] | None = None,
 ) -> ImportSummary:
-    from boltzformer.data.windows import to_uint8
+    from boltzformer.io.windows import to_uint8
 
     if not (isinstance(slice_step, int) and slice_step >= 1):
         raise ValueError(f"slice_step must be an integer >= 1, got {slice_step!r}")
@@ -647,7 +647,7 @@ def _import_msd(
                        "negative_ratio": negative_ratio, "seed": seed, "cases": len(cases), "window": window},
             "conventions": {
                 "image": "8-bit grey PNG of one axial slice, rows anterior -> posterior, columns patient right -> "
-                         "left (boltzformer.data.medical); "
+                         "left (boltzformer.io.medical); "
                          + (f"CT window {window!r}" if window is not None else "intensities stretched between the "
                             "0.5 and 99.5 percentiles of the case's non-zero voxels"),
                 "mask": "8-bit, 0/255: voxels of the label's values in that slice",
@@ -691,9 +691,9 @@ def import_dataset(
         negative_ratio: msd: negatives (slices without the label, empty mask) per positive slice.
         label_names: msd: rename labels in prompts, e.g. ``{"cancer": "liver tumor"}``.
         seed: msd: which negative slices are drawn.
-        window: msd: a CT window name of :data:`boltzformer.data.windows.WINDOWS` or (center, width) in
+        window: msd: a CT window name of :data:`boltzformer.io.windows.WINDOWS` or (center, width) in
             HU, applied whatever the modality; default for CT: the site the labels and ``site`` name
-            (:func:`~boltzformer.data.windows.window_for_prompt`), else none (percentile stretch).
+            (:func:`~boltzformer.io.windows.window_for_prompt`), else none (percentile stretch).
 
     Returns:
         an :class:`ImportSummary`.
@@ -714,7 +714,7 @@ def import_dataset(
         raise ValueError(f"an output folder (--out) is needed to import a {kind} dataset")
     out = None if out is None else Path(out)
     if out is not None:
-        from boltzformer.atomic import check_output
+        from boltzformer.io.atomic import check_output
 
         check_output(out, kind="folder")
     options = {"link": link} if kind != "msd" else {

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from boltzformer.transforms import resize_mask_to_input, to_model_input
+from boltzformer.io.transforms import resize_mask_to_input, to_model_input
 
 __all__ = ["open_dataset", "ModelInputDataset", "SYNTHETIC"]
 

@@ -3,7 +3,7 @@ with sliding-window inference.
 
 Resizing a 512 x 512 CT slice to the model's 256 x 256 input halves a 6-pixel nodule. Training on
 native-resolution patches of the model's input size keeps every target at the resolution it was
-scanned at; inference then slides the same window over the image (:mod:`boltzformer.predict`,
+scanned at; inference then slides the same window over the image (:mod:`boltzformer.predict.engine`,
 MONAI's ``sliding_window_inference``), so train and test see targets at one scale.
 
 Patch positions lie on the sliding window's grid (:func:`window_starts`: MONAI's scan positions for
@@ -76,7 +76,7 @@ class PatchDataset(Dataset):
 
     Items: {"image": (3, size, size) 0-255, "mask": (1, size, size) 0/1, "prompt", "id", "present",
     "box": (top, left) of the patch in the image}. Images smaller than the patch are padded with zeros
-    at the bottom and right, as :func:`~boltzformer.transforms.to_model_input` pads.
+    at the bottom and right, as :func:`~boltzformer.io.transforms.to_model_input` pads.
     """
 
     def __init__(self, base: Dataset, size: int, *, step: int | None = None, target_fraction: float = 0.8,

@@ -19,7 +19,7 @@ Conventions:
   samples count in the overall numbers but in no size bucket (their bucket is ``"empty"``). A *failure* is a
   sample with a non-empty target and Dice exactly 0 (missed entirely); a *poor* mask has Dice < 0.5 (the
   event agreement is asked to predict).
-- Lesions are 8-connected components (:func:`boltzformer.lesions.label_components`). A true lesion is
+- Lesions are 8-connected components (:func:`boltzformer.predict.lesions.label_components`). A true lesion is
   *detected* when a predicted lesion shares at least one pixel with it (or, with ``lesion_iou=t``, has
   IoU > t with it); a predicted lesion that matches no true lesion is a *false positive*. The matching is
   not one-to-one: one predicted lesion over two true ones detects both. Sensitivity is bucketed by the true

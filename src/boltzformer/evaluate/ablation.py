@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from boltzformer.atomic import atomic_paths, write_json_atomic, write_text_atomic
+from boltzformer.io.atomic import atomic_paths, write_json_atomic, write_text_atomic
 from boltzformer.evaluate.metrics import SIZE_BUCKETS
 
 __all__ = ["BUCKETS", "bootstrap_ci", "load_cells", "summarize_cells", "summary_markdown", "write_summary"]

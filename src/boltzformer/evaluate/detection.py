@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from boltzformer.evaluate.metrics import SIZE_BUCKETS, _as_bool_2d, _ratio, size_bucket
-from boltzformer.lesions import label_components
+from boltzformer.predict.lesions import label_components
 
 if TYPE_CHECKING:
     from boltzformer.evaluate.records import SampleRecord
 
-CONNECTIVITY = 8  # lesions are the 8-connected components of boltzformer.lesions.label_components
+CONNECTIVITY = 8  # lesions are the 8-connected components of boltzformer.predict.lesions.label_components
 
 
 # ------------------------------------------------------------------------------------------ lesion detection

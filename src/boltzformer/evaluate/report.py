@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from boltzformer.atomic import atomic_paths
+from boltzformer.io.atomic import atomic_paths
 from boltzformer.evaluate.boundary import NSD_TOLERANCE, _check_spacing, _check_tolerance, boundary_metrics
 from boltzformer.evaluate.confidence import POOR_DICE
 from boltzformer.evaluate.detection import _check_iou_threshold, match_lesions
@@ -332,7 +332,7 @@ def write_report(
     if path_json.suffix.lower() != ".json":
         raise ValueError(f"path_json must end with .json, got {str(path_json)!r}")
     path_md = path_json.with_suffix(".md")
-    from boltzformer.atomic import json_safe
+    from boltzformer.io.atomic import json_safe
 
     # fails before anything is written; UTF-8 for any file name (json_safe)
     text_json = json.dumps(json_safe(report), indent=2, allow_nan=False, ensure_ascii=False) + "\n"

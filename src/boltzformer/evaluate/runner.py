@@ -38,10 +38,10 @@ def predict_passes(
         CPU, on the image's own grid; and (B, K) probabilities that the target is in the image, or
         ``None`` for a model without an existence head.
     """
-    from boltzformer.transforms import from_model_output, pads_center, to_model_input
+    from boltzformer.io.transforms import from_model_output, pads_center, to_model_input
 
     if window_overlap is not None:  # native resolution: a window of the input's size slides over each image
-        from boltzformer.predict import window_passes
+        from boltzformer.predict.engine import window_passes
 
         runs = [window_passes(model, img, p, window=image_size, overlap=window_overlap, generators=generators)
                 for img, p in zip(images, prompts)]

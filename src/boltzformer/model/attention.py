@@ -8,10 +8,10 @@ code load into it unchanged. It is batch-first and runs in one of three forms:
 - dense with a boolean ``keep`` mask (True = attended);
 - sampled: each (batch, head, query) attends only to the keys at ``indices`` (repeats ignored).
   Only the drawn keys are touched, so the cost is O(Q n d) instead of O(Q N d), and nothing of size
-  n x d is materialised per query. On CPU the C kernels of :mod:`boltzformer.cpu_kernels` do it:
+  n x d is materialised per query. On CPU the C kernels of :mod:`boltzformer.model.kernels.cpu` do it:
   the draws are regrouped by blocks of keys once (a plan), then scores, softmax, weighted sum and
   their backward walk the plan in order. On CUDA the Triton kernels of
-  :mod:`boltzformer.kernels.triton_attention` do it (without Triton, PyTorch's fused attention with
+  :mod:`boltzformer.model.kernels.triton_attention` do it (without Triton, PyTorch's fused attention with
   the set as a mask). Elsewhere (or without a C compiler) PyTorch's
   ``torch.sparse.sampled_addmm`` forms the scores and ``F.embedding_bag`` the weighted sum. All
   give the same result as the dense form with the same set masked in (tested).
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from boltzformer import cpu_kernels
-from boltzformer.kernels import triton_usable
+from boltzformer.model.kernels import cpu as cpu_kernels
+from boltzformer.model.kernels import triton_usable
 
 __all__ = ["MultiHeadAttention", "sampled_attention", "sampled_attention_rows"]
 
@@ -316,7 +316,7 @@ def sampled_attention_rows(
         scores, top = cpu_kernels.plan_sddmm((q * scale).contiguous(), k.contiguous(), plan, row_max=True)
         return cpu_kernels.plan_spmm(scores, v.contiguous(), plan, row_max=top)
     if triton_usable(q, k, v):
-        from boltzformer.kernels import triton_attention
+        from boltzformer.model.kernels import triton_attention
 
         out = triton_attention.sampled_attention(q * scale, k, v, draws=rows, valid=valid, heads=heads,
                                                  per_batch=per_batch, stride=stride, tied=tied)

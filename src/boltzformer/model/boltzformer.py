@@ -21,7 +21,7 @@ from boltzformer.model.decoder import BoltzmannDecoder, LayerSampling
 from boltzformer.model.pigma import PiGMA
 from boltzformer.model.pixel_decoder import PixelDecoder
 from boltzformer.model.text import BuiltinTextEncoder, TextEncoder, check_prompts
-from boltzformer.sampling import BoltzmannSampler
+from boltzformer.model.sampling import BoltzmannSampler
 
 __all__ = ["BoltzFormer", "BoltzFormerOutput", "ImageFeatures", "build_model"]
 
@@ -101,7 +101,7 @@ class BoltzFormer(nn.Module):
         self.gradient_checkpointing = False
         self.channels_last = False  # ModelConfig.channels_last
         self.edge_queries = 0  # ModelConfig.edge_queries
-        # a boltzformer.features.FeatureCache: a frozen backbone's features are computed once per image
+        # a boltzformer.train.features.FeatureCache: a frozen backbone's features are computed once per image
         self.feature_cache: Any = None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

@@ -29,7 +29,7 @@ from boltzformer.model.existence import ExistenceHead
 from boltzformer.model.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from boltzformer.model.position import sine_position_parts
 from boltzformer.model.text import TextFeatures
-from boltzformer.sampling import AttentionSelection, BoltzmannSampler
+from boltzformer.model.sampling import AttentionSelection, BoltzmannSampler
 
 __all__ = ["BoltzmannDecoder", "DecoderOutput", "LayerSampling", "resize_bilinear"]
 

@@ -31,7 +31,7 @@ from boltzformer.model.decoder import NUM_LEVELS, BoltzmannDecoder, DecoderOutpu
 from boltzformer.model.layers import SelfAttentionLayer
 from boltzformer.model.position import sine_position_encoding
 from boltzformer.model.text import TextFeatures
-from boltzformer.sampling import AttentionSelection, BoltzmannSampler, layer_temperature, num_draws
+from boltzformer.model.sampling import AttentionSelection, BoltzmannSampler, layer_temperature, num_draws
 
 __all__ = ["ReferenceDecoder", "ReferenceSampler", "reference_keep_mask"]
 

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from boltzformer.atomic import write_json_atomic
+from boltzformer.io.atomic import write_json_atomic
 
 __all__ = ["MODELS", "Cell", "load_grid", "expand_grid", "resolve_cell", "cell_status", "run_cell", "run_grid", "run_ablation"]
 
@@ -292,7 +292,7 @@ def run_cell(cell: Cell, config: dict[str, Any], out: Path, *, progress: bool = 
 
         model = load_peer(last)
     else:
-        from boltzformer.checkpoint import load_checkpoint
+        from boltzformer.model.checkpoint import load_checkpoint
 
         model = load_checkpoint(last)
     if tc.accelerator in ("gpu", "cuda") or (tc.accelerator == "auto" and torch.cuda.is_available()):
@@ -340,7 +340,7 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, accelerator: str 
     configs = [resolve_cell(c, accelerator=accelerator) for c in cells]  # every cell checked before any work
     # the code that runs is the code imported now: its commit is recorded in every cell, even if the
     # checkout changes while the grid runs (everything a cell needs is imported here, not later)
-    import boltzformer.checkpoint  # noqa: F401
+    import boltzformer.model.checkpoint  # noqa: F401
     import boltzformer.evaluate  # noqa: F401
     import boltzformer.train.peer  # noqa: F401
     import boltzformer.train.runner  # noqa: F401

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from boltzformer.checkpoint import checkpoint_metadata
+from boltzformer.model.checkpoint import checkpoint_metadata
 from boltzformer.data.loading import _LATERAL
 from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from boltzformer.model import build_model

@@ -32,13 +32,13 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
-from boltzformer.atomic import atomic_paths, write_json_atomic
-from boltzformer.checkpoint import CheckpointError, load_checkpoint
+from boltzformer.io.atomic import atomic_paths, write_json_atomic
+from boltzformer.model.checkpoint import CheckpointError, load_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, config_to_dict
 from boltzformer.data.loading import ModelInputDataset, open_dataset
 from boltzformer.data.negatives import WithNegatives
 from boltzformer.data.patches import PatchDataset, size_weights, window_step
-from boltzformer.features import FeatureCache
+from boltzformer.train.features import FeatureCache
 from boltzformer.data.synthetic import SyntheticDataset
 from boltzformer.train.module import BoltzFormerModule
 
@@ -61,7 +61,7 @@ class TrainJob:
     resume: bool = False
     init: Path | None = None  # start from these weights (fine-tuning); same architecture
     progress: bool = True
-    # a frozen backbone's features cached in this folder (boltzformer.features); needs train.freeze
+    # a frozen backbone's features cached in this folder (boltzformer.train.features); needs train.freeze
     # to hold "backbone" and turns on train.feature_flips
     feature_cache: Path | None = None
     fold: tuple[int, int] | None = None  # cross-validation fold (k, n) of the data folders (data/folder.py)

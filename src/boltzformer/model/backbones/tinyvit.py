@@ -15,7 +15,7 @@ for SAM, and as LiteMedSAM (Ma et al., MedSAM, Nature Communications 2024; the `
 
 So a 256 x 256 image gives stages at 256, 128, 64, 64 and the neck's (B, 256, 64, 64). Parameter and
 buffer names are LiteMedSAM's ``image_encoder.*`` keys without the prefix, so its checkpoint loads
-strictly (:func:`boltzformer.weights.map_litemedsam_key`). Written here in plain PyTorch (timm, which
+strictly (:func:`boltzformer.model.weights.map_litemedsam_key`). Written here in plain PyTorch (timm, which
 the original imports for DropPath and init helpers, cannot be imported on this machine), with the
 input size read from the tensor instead of fixed at construction.
 

@@ -1,0 +1,5 @@
+"""The ``boltzformer`` command: one sub-command per job (``train``, ``evaluate``, ``predict``, ...)."""
+
+from boltzformer.cli.commands import main
+
+__all__ = ["main"]

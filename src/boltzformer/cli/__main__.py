@@ -1,0 +1,5 @@
+import sys
+
+from boltzformer.cli.commands import main
+
+sys.exit(main())
