@@ -288,14 +288,10 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
             ln_eps=tc.ln_eps,
             tokenizer=tokenizer,
         )
-    if dc.decoder_impl == "reference":  # the reference code's formulation, same parameters (benchmarks, tests)
-        from boltzformer.model.reference_decoder import ReferenceDecoder as decoder_cls, ReferenceSampler as sampler_cls
-    else:
-        decoder_cls, sampler_cls = BoltzmannDecoder, BoltzmannSampler
-    sampler = sampler_cls(
+    sampler = BoltzmannSampler(
         mode=dc.attention, ratio=dc.sample_ratio, base_temperature=dc.base_temperature, threshold=dc.threshold
     )
-    decoder = decoder_cls(
+    decoder = BoltzmannDecoder(
         in_channels=pixel_decoder.conv_dim,
         mask_dim=pixel_decoder.mask_dim,
         hidden_dim=dc.hidden_dim,
