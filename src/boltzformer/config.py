@@ -27,7 +27,6 @@ import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from boltzformer.model.sampling import ATTENTION_MODES
 
 __all__ = [
     "BackboneConfig",
@@ -43,6 +42,13 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
 ]
+
+#: How a decoder layer chooses the image tokens a query attends to.
+#: ``boltzmann``: the paper's sampling; ``full``: every token (dense attention);
+#: ``masked``: Mask2Former, tokens with sigmoid >= 0.5 (every token where none is);
+#: ``uniform``: as many i.i.d. draws as ``boltzmann`` but from the uniform distribution.
+#: (the sampler, ``boltzformer.model.sampling.BoltzmannSampler``, implements them)
+ATTENTION_MODES = ("boltzmann", "full", "masked", "uniform")
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)

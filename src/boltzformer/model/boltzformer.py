@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from boltzformer.config import ModelConfig, get_preset
+from boltzformer.config import ModelConfig, apply_overrides, get_preset
 from boltzformer.model.backbones import TinyBackbone
 from boltzformer.model.decoder import BoltzmannDecoder, LayerSampling
 from boltzformer.model.pigma import PiGMA
@@ -250,8 +250,6 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
     ``build_model("tiny", attention="full", num_queries=4)``.
     """
     if isinstance(preset, ModelConfig):
-        from boltzformer.config import apply_overrides
-
         cfg = apply_overrides(preset, overrides)
     else:
         cfg = get_preset(preset, **overrides)
