@@ -19,7 +19,7 @@ form, which this module reproduces step for step:
 so one state dict loads into both. :func:`use_reference_decoder` swaps it into a built model (same
 weights); :func:`build_model` builds a preset with either decoder (``impl="efficient"`` or ``"reference"``).
 Fed the same attended sets (replay them through ``decoder.sampler``), both give the same outputs up
-to float32 rounding (``tests/model/test_reference_decoder.py``).
+to float32 rounding (``tests/benchmarks/test_reference_decoder.py``).
 """
 
 from __future__ import annotations
