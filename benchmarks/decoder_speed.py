@@ -7,8 +7,8 @@ Three parts, all on random inputs shaped like the preset's pixel-decoder outputs
 (B = 1, a 9-token prompt), ``torch.set_num_threads(2)`` by default:
 
 1. ``sizes``: for each preset and input size, eval (``torch.inference_mode``) and train step
-   (forward with deep supervision, backward), ours (``decoder_impl="efficient"``) and the reference
-   formulation (``decoder_impl="reference"``), same weights;
+   (forward with deep supervision, backward), ours (``impl="efficient"``) and the reference
+   formulation (``impl="reference"``: ``reference_decoder.py`` beside this script), same weights;
 2. ``ratios``: at one size, the decoder's eval time as the sampled fraction goes 5..100 % and with
    ``attention="full"``, both formulations;
 3. ``attention``: one cross-attention's scores + weighted sum only (no projections), our sampled
@@ -39,8 +39,10 @@ _SETUP = r"""
 import json, resource, sys, time, torch
 resource.setrlimit(resource.RLIMIT_AS, ({mem_limit}, {mem_limit}))
 torch.set_num_threads({threads})
+sys.path.insert(0, {bench_dir!r})
 import boltzformer
 from boltzformer.model.text import TextFeatures
+from reference_decoder import build_model  # the preset with either decoder (impl="efficient" or "reference")
 
 def _status_gb(field):
     for line in open("/proc/self/status"):
@@ -64,7 +66,7 @@ torch.manual_seed(0)
 """
 
 _DECODER_CHILD = _SETUP + r"""
-model = boltzformer.build_model({preset!r}, decoder_impl={impl!r}, **{overrides!r})
+model = build_model({preset!r}, {impl!r}, **{overrides!r})
 dec, pd, channels_last = model.decoder, model.pixel_decoder, model.channels_last
 del model
 S, B, L = {size}, 1, 9
@@ -112,7 +114,7 @@ _ATTENTION_CHILD = _SETUP + r"""
 import math
 import torch.nn.functional as F
 from boltzformer.model.attention import MultiHeadAttention, sampled_attention_rows
-from boltzformer.model.reference_decoder import reference_keep_mask
+from reference_decoder import reference_keep_mask
 from boltzformer.model.sampling import sample_token_indices
 C, H, Q, N, B = {hidden}, {heads}, {queries}, {tokens}, 1
 d = C // H
@@ -346,7 +348,8 @@ def main() -> None:
         args.presets, args.sizes, args.ratios = ["tiny"], [256], [0.1]
         args.sweep_preset, args.sweep_size, args.attention_sizes = "tiny", 256, [256]
         args.repeat, args.rounds = 1, 1
-    common = dict(threads=args.threads, repeat=args.repeat, mem_limit=int(args.mem_limit_gb * 2**30))
+    common = dict(threads=args.threads, repeat=args.repeat, mem_limit=int(args.mem_limit_gb * 2**30),
+                  bench_dir=str(Path(__file__).resolve().parent))
     result = {"machine": machine(), "threads": args.threads, "args": vars(args), "sizes": [], "ratios": [], "attention": []}
     result["machine"]["torch_threads"] = args.threads
     if args.update and args.json and Path(args.json).is_file():

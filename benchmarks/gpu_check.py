@@ -11,7 +11,7 @@ and the others still run; the JSON is rewritten after every section):
   (``torch.cuda.set_sync_debug_mode("error")``) for the whole model.
 - ``inference``: images per second in bf16 at batch 1/8/32 (hiera-s and focal-l at 1024).
 - ``train``: one training step (forward, backward, AdamW step, bf16 autocast): time and peak
-  memory, ours (``decoder_impl="efficient"``) against the reference formulation.
+  memory, ours against the reference formulation (``reference_decoder.py``).
 - ``decoder``: the decoder alone, ours against the reference formulation: time and the largest
   difference of the logits with the same sets (the reference replays ours).
 - ``attention``: one cross-attention layer of the paper-size decoder (hidden 512, 8 heads, 101
@@ -46,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table, write_json  # noqa: E402
+from reference_decoder import use_reference_decoder  # noqa: E402
 
 import boltzformer  # noqa: E402
 from boltzformer.model.kernels import counter_rng, triton_usable  # noqa: E402
@@ -127,16 +128,18 @@ def _tokenizer_overrides(preset: str) -> dict:
         return {"text.tokenizer": "hash"}
 
 
-def build(preset: str, device, **overrides):
+def build(preset: str, device, impl: str = "efficient", **overrides):
     """The model with its parameters made on ``device`` (a 340M-parameter encoder takes seconds to
-    initialise on a CPU), or made on the CPU and moved where that fails."""
+    initialise on a CPU), or made on the CPU and moved where that fails; with ``impl="reference"``,
+    the reference code's decoder formulation (``reference_decoder.py``, same weights)."""
     overrides = {**_tokenizer_overrides(preset), **overrides}
     try:
         with device:
-            return boltzformer.build_model(preset, **overrides)
+            model = boltzformer.build_model(preset, **overrides)
     except Exception as e:  # noqa: BLE001
         print(f"building {preset} on {device} failed ({e!r}); building on the CPU", flush=True)
-        return boltzformer.build_model(preset, **overrides).to(device)
+        model = boltzformer.build_model(preset, **overrides).to(device)
+    return use_reference_decoder(model) if impl == "reference" else model
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -276,7 +279,7 @@ def section_train(args, device) -> list[dict]:
     presets, size, B = (["tiny"], 64, 2) if args.small else (["hiera-s", "focal-l"], 1024, 4)
     for preset in presets:
         for impl in ("efficient", "reference"):
-            model = build(preset, device, decoder_impl=impl).train()
+            model = build(preset, device, impl).train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
             x, prompts = _images(B, size, device), ["nodule"] * B
             target = (torch.rand(B, 1, size, size, generator=torch.Generator().manual_seed(1)) > 0.99).float().to(device)
@@ -319,7 +322,7 @@ def section_decoder(args, device) -> list[dict]:
     rows = []
     preset, size = ("tiny", 64) if args.small else ("hiera-s", 1024)
     ours = build(preset, device).eval()
-    ref = build(preset, device, decoder_impl="reference").eval()
+    ref = build(preset, device, "reference").eval()
     ref.load_state_dict(ours.state_dict())
     x = _images(1, size, device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):

@@ -7,7 +7,7 @@ Two parts, ``torch.set_num_threads(2)`` by default:
 
 1. ``sizes``: for each preset and input size, an eval forward (``torch.inference_mode``) and a train
    step (forward with deep supervision, Dice + BCE, backward, AdamW step) of the whole model, built
-   with ``decoder_impl="efficient"`` (ours) and ``"reference"`` (the reference code's decoder
+   with ``impl="efficient"`` (ours) and ``"reference"`` (the reference code's decoder
    formulation), same weights. Every job runs in a fresh process with RLIMIT_AS; ours and the
    reference alternate for ``--rounds`` rounds (see ``decoder_speed.py``); medians and ratios.
 2. ``encoder``: the image encoder (backbone) and pixel decoder of one preset at one size, eval:
@@ -30,7 +30,7 @@ from decoder_speed import _SETUP, _alternate, _child, _ratio  # noqa: E402
 
 _MODEL_CHILD = _SETUP + r"""
 from boltzformer.train.module import SegmentationLoss
-model = boltzformer.build_model({preset!r}, decoder_impl={impl!r})
+model = build_model({preset!r}, {impl!r})
 S = {size}
 x = torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(1)) * 255
 prompts = ["lung nodule in CT scan"]
@@ -154,7 +154,8 @@ def main() -> None:
     if args.quick:
         args.presets, args.sizes, args.rounds = ["tiny"], [256], 1
         args.encoder_preset, args.encoder_size = "tiny", 256
-    common = dict(threads=args.threads, repeat=args.repeat, mem_limit=int(args.mem_limit_gb * 2**30))
+    common = dict(threads=args.threads, repeat=args.repeat, mem_limit=int(args.mem_limit_gb * 2**30),
+                  bench_dir=str(Path(__file__).resolve().parent))
     result = {"machine": machine(), "threads": args.threads, "args": vars(args), "sizes": [], "encoder": None}
     result["machine"]["torch_threads"] = args.threads
     if "sizes" in args.parts:

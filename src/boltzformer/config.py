@@ -27,7 +27,6 @@ import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from boltzformer.model.sampling import ATTENTION_MODES
 
 __all__ = [
     "BackboneConfig",
@@ -43,6 +42,13 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
 ]
+
+#: How a decoder layer chooses the image tokens a query attends to.
+#: ``boltzmann``: the paper's sampling; ``full``: every token (dense attention);
+#: ``masked``: Mask2Former, tokens with sigmoid >= 0.5 (every token where none is);
+#: ``uniform``: as many i.i.d. draws as ``boltzmann`` but from the uniform distribution.
+#: (the sampler, ``boltzformer.model.sampling.BoltzmannSampler``, implements them)
+ATTENTION_MODES = ("boltzmann", "full", "masked", "uniform")
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -99,7 +105,6 @@ class DecoderConfig:
     threshold: float | None = None  # always-attend tokens with sigmoid >= threshold (None: none)
     attention_impl: str = "gather"  # sampled sets: "gather" only the drawn tokens (docs/benchmarks.md), or "dense" attention with a mask
     existence: bool = False  # existence head (BiomedParse v2): is the prompted target in the image?
-    decoder_impl: str = "efficient"  # "efficient", or "reference": the reference code's costlier formulation (benchmarks)
 
 
 @dataclass
@@ -137,11 +142,6 @@ class ModelConfig:
             )
         if self.decoder.attention_impl not in ("gather", "dense"):
             raise ValueError(f"decoder.attention_impl must be 'gather' or 'dense', got {self.decoder.attention_impl!r}")
-        if self.decoder.decoder_impl not in ("efficient", "reference"):
-            raise ValueError(
-                f"decoder.decoder_impl must be 'efficient' or 'reference', got {self.decoder.decoder_impl!r}"
-                + _did_you_mean(self.decoder.decoder_impl, ("efficient", "reference"))
-            )
         if not 0 < self.decoder.sample_ratio <= 1:
             raise ValueError(f"decoder.sample_ratio must be in (0, 1], got {self.decoder.sample_ratio}")
         if self.decoder.base_temperature <= 0:
@@ -333,8 +333,28 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+#: settings that were removed, with the one value that files written before may record for each:
+#: dropped when read (so older checkpoints and result files still load), refused with the reason for
+#: any other value. ``DecoderConfig.decoder_impl``: the reference code's decoder formulation
+#: ("reference") is a benchmark and test baseline, no longer built by the package.
+_RETIRED: dict[tuple[str, str], tuple[Any, str]] = {
+    ("DecoderConfig", "decoder_impl"): (
+        "efficient",
+        "the reference decoder formulation is no longer part of the package; benchmarks/reference_decoder.py "
+        "builds it (use_reference_decoder(model))",
+    ),
+}
+
+
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from :func:`config_to_dict`'s output; unknown keys raise."""
+    """Rebuild a config dataclass from :func:`config_to_dict`'s output; unknown keys raise (removed
+    settings that hold their only former value are dropped: see ``_RETIRED``)."""
+    data = dict(data)
+    for (owner, name), (value, reason) in _RETIRED.items():
+        if owner == cls.__name__ and name in data:
+            if data[name] != value:
+                raise ValueError(f"{cls.__name__}.{name}={data[name]!r} is no longer supported: {reason}")
+            del data[name]
     known = {f.name: f for f in fields(cls)}
     unknown = set(data) - set(known)
     if unknown:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from boltzformer.config import ModelConfig, get_preset
+from boltzformer.config import ModelConfig, apply_overrides, get_preset
 from boltzformer.model.backbones import TinyBackbone
 from boltzformer.model.decoder import BoltzmannDecoder, LayerSampling
 from boltzformer.model.pigma import PiGMA
@@ -250,8 +250,6 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
     ``build_model("tiny", attention="full", num_queries=4)``.
     """
     if isinstance(preset, ModelConfig):
-        from boltzformer.config import apply_overrides
-
         cfg = apply_overrides(preset, overrides)
     else:
         cfg = get_preset(preset, **overrides)
@@ -288,14 +286,10 @@ def build_model(preset: str | ModelConfig = "tiny", **overrides: Any) -> BoltzFo
             ln_eps=tc.ln_eps,
             tokenizer=tokenizer,
         )
-    if dc.decoder_impl == "reference":  # the reference code's formulation, same parameters (benchmarks, tests)
-        from boltzformer.model.reference_decoder import ReferenceDecoder as decoder_cls, ReferenceSampler as sampler_cls
-    else:
-        decoder_cls, sampler_cls = BoltzmannDecoder, BoltzmannSampler
-    sampler = sampler_cls(
+    sampler = BoltzmannSampler(
         mode=dc.attention, ratio=dc.sample_ratio, base_temperature=dc.base_temperature, threshold=dc.threshold
     )
-    decoder = decoder_cls(
+    decoder = BoltzmannDecoder(
         in_channels=pixel_decoder.conv_dim,
         mask_dim=pixel_decoder.mask_dim,
         hidden_dim=dc.hidden_dim,

@@ -76,7 +76,8 @@ def build_clip_tokenizer_folder(bpe_gz: str | os.PathLike, out: str | os.PathLik
     chars = list(_bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     ids = {v: i for i, v in enumerate(vocab)}
-    assert len(ids) == VOCAB_SIZE, len(ids)
+    if len(ids) != VOCAB_SIZE:  # repeated merges: not CLIP's list
+        raise ValueError(f"bpe_gz: {bpe_gz} gives {len(ids)} distinct tokens, expected {VOCAB_SIZE} (CLIP's BPE)")
     from transformers import CLIPTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,10 @@ Mask logits for the sampling distributions are computed at the attention level's
 mask features resized once per forward (bilinear resizing is linear, so ``e . resize(F)`` equals
 ``resize(e . F)``, at up to 64x less cost). Full-resolution logits are computed only for the output
 and, when asked, for deep supervision.
+
+One layer's computation (step 4 after the draws) is :class:`~boltzformer.model.decoder_layer.DecoderLayer`,
+with the speed helpers :func:`mask_logits` and :func:`resize_bilinear` beside it; the parameters stay
+here, in the reference code's key layout.
 """
 
 from __future__ import annotations
@@ -21,17 +25,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from boltzformer.model.decoder_layer import (
+    AttendedSet,
+    DecoderLayer,
+    LevelTokens,
+    PromptContext,
+    mask_logits,
+    resize_bilinear,
+)
 from boltzformer.model.existence import ExistenceHead
 from boltzformer.model.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from boltzformer.model.position import sine_position_parts
 from boltzformer.model.text import TextFeatures
 from boltzformer.model.sampling import AttentionSelection, BoltzmannSampler
 
-__all__ = ["BoltzmannDecoder", "DecoderOutput", "LayerSampling", "resize_bilinear"]
+__all__ = ["BoltzmannDecoder", "DecoderOutput", "LayerSampling", "NUM_LEVELS", "mask_logits", "resize_bilinear"]
 
 NUM_LEVELS = 3
 
@@ -64,68 +75,6 @@ class DecoderOutput:
     aux_logits: list[Tensor] = field(default_factory=list)
     sampling: list[LayerSampling] = field(default_factory=list)
     existence_logits: Tensor | None = None
-
-
-class _TokenLogits(torch.autograd.Function):
-    """(B, T, Q) = tokens (B, T, C) . embedding (B, Q, C)^T, with the embedding's gradient made as
-    (B, Q, C) = grad^T . tokens. Autograd's bmm backward makes it as tokens^T . grad, a (B, C, Q)
-    product whose inner dimension is the 65536 tokens of a 1024 x 1024 input: 1.6-2.5x slower in
-    BLAS than the same product the other way round (0.07 s alone and 0.11 s profiled in a train
-    step, against 0.045 s, on 2 threads)."""
-
-    @staticmethod
-    def forward(ctx, tokens: Tensor, embedding: Tensor) -> Tensor:
-        ctx.save_for_backward(tokens, embedding)
-        return torch.bmm(tokens, embedding.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        tokens, embedding = ctx.saved_tensors
-        d_tokens = torch.bmm(grad, embedding) if ctx.needs_input_grad[0] else None
-        d_embedding = torch.bmm(grad.transpose(1, 2), tokens) if ctx.needs_input_grad[1] else None
-        return d_tokens, d_embedding
-
-
-def mask_logits(embedding: Tensor, features: Tensor, *, flat: bool = False) -> Tensor:
-    """(B, Q, h, w) = ``einsum("bqc,bchw->bqhw", embedding, features)``, or with ``flat`` its
-    contiguous (B, Q, hw) form.
-
-    For the channels-last maps of the paper-size presets, einsum's backward makes the map's
-    gradient as (B, C, hw) and then copies it into the map's channels-last layout (128 MB at
-    1024 x 1024, ~0.12 s of a train step). Here the token-major view is multiplied instead,
-    (B, hw, C) . (B, C, Q), whose gradient is channels-last as it is made; the logits are then a
-    (B, Q, h, w) view with the queries innermost.
-    """
-    B, C, h, w = features.shape
-    if C > 1 and features.is_contiguous(memory_format=torch.channels_last):
-        tokens = features.permute(0, 2, 3, 1).reshape(B, h * w, C)  # a view
-        if flat:  # (B, Q, C) . (B, C, hw): contiguous logits; BLAS reads the tokens transposed
-            return torch.bmm(embedding, tokens.transpose(1, 2))
-        return _TokenLogits.apply(tokens, embedding).view(B, h, w, -1).permute(0, 3, 1, 2)
-    out = torch.einsum("bqc,bchw->bqhw", embedding, features)
-    return out.flatten(2) if flat else out
-
-
-def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for (B, C, H, W) maps.
-
-    Shrinking by an even integer factor f, bilinear sampling (no antialiasing) lands halfway between
-    pixels f*i + f/2 - 1 and f*i + f/2: the result is the mean of those 2 x 2 pixels, read with
-    strides. Same values (up to rounding), without the general kernel's cost on 512-channel maps
-    (it was a fifth of the decoder's time at 1024 x 1024). Other sizes use ``F.interpolate``.
-    """
-    H, W = x.shape[-2:]
-    h, w = size
-    if (H, W) == (h, w):
-        return x
-    if H % h or W % w or H // h != W // w or (H // h) % 2:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    f = H // h
-    o = f // 2 - 1
-    # four strided B x C x h x w views: ((a + b) + (c + d)) / 4, summed in place where add's backward
-    # allows it, so no intermediate outlives its line
-    out = x[..., o::f, o::f] + x[..., o::f, o + 1 :: f]
-    return out.add_(x[..., o + 1 :: f, o::f] + x[..., o + 1 :: f, o + 1 :: f]).mul_(0.25)
 
 
 class BoltzmannDecoder(nn.Module):
@@ -199,6 +148,16 @@ class BoltzmannDecoder(nn.Module):
     def _mask_embedding(self, queries: Tensor) -> Tensor:
         return self.mask_embed(self.decoder_norm(queries))  # B x Q x mask_dim
 
+    def layer(self, index: int) -> DecoderLayer:
+        """Layer ``index``'s computation (see :mod:`boltzformer.model.decoder_layer`)."""
+        return DecoderLayer(
+            index=index,
+            cross_attention=self.transformer_cross_attention_layers[index],
+            self_attention=self.transformer_self_attention_layers[index],
+            ffn=self.transformer_ffn_layers[index],
+            existence=self.existence,
+        )
+
     def forward(
         self,
         multi_scale: list[Tensor],
@@ -223,7 +182,8 @@ class BoltzmannDecoder(nn.Module):
         B = mask_features.shape[0]
         Q, C = self.num_queries, self.hidden_dim
 
-        src, src_pos, level_features, sizes = [], [], [], []
+        levels: list[LevelTokens] = []
+        level_features, sizes = [], []
         for i, x in enumerate(multi_scale):
             h, w = x.shape[-2:]
             sizes.append((h, w))
@@ -231,21 +191,21 @@ class BoltzmannDecoder(nn.Module):
             # presets (ModelConfig.channels_last), contiguous for the gathers. The values are these
             # tokens + the level embedding, which the attention adds to its output (value_shift)
             # instead of to every token
-            src.append(self.input_proj[i](x).flatten(2).transpose(1, 2).contiguous())
+            values = self.input_proj[i](x).flatten(2).transpose(1, 2).contiguous()
             # the keys' input, tokens + level embedding + position, once per level (not once per
             # layer); the position's y and x halves added as broadcasts, never built as a map
             pos_y, pos_x = sine_position_parts(h, w, C // 2, device=x.device)
-            if torch.is_grad_enabled() and (src[-1].requires_grad or self.level_embed.weight.requires_grad):
+            if torch.is_grad_enabled() and (values.requires_grad or self.level_embed.weight.requires_grad):
                 # in training, one out-of-place sum: in-place adds to the halves would make backward
                 # copy the map through as_strided
                 pos = torch.cat((pos_y[:, None].expand(h, w, C // 2), pos_x[None].expand(h, w, C // 2)), dim=-1)
-                keys = src[-1] + (pos.view(h * w, C).to(src[-1].dtype) + self.level_embed.weight[i])
+                keys = values + (pos.view(h * w, C).to(values.dtype) + self.level_embed.weight[i])
             else:
-                keys = src[-1] + self.level_embed.weight[i]
+                keys = values + self.level_embed.weight[i]
                 grid = keys.view(B, h, w, C)
                 grid[..., : C // 2] += pos_y[:, None].to(keys.dtype)
                 grid[..., C // 2 :] += pos_x[None].to(keys.dtype)
-            src_pos.append(keys)
+            levels.append(LevelTokens(values=values, keys=keys, level_embedding=self.level_embed.weight[i]))
             # mask features at this level's resolution, for the sampling distributions
             level_features.append(resize_bilinear(mask_features, (h, w)))
 
@@ -253,15 +213,14 @@ class BoltzmannDecoder(nn.Module):
         queries = self.query_feat.weight[None].expand(B, Q, C)
         text_tokens = text.tokens
         # text tokens use their initial embedding (detached) as position, as in the reference
-        both_pos = torch.cat((query_pos, text_tokens.detach()), dim=1)  # B x (Q+L) x C
-        both_padding = torch.cat((text.padding_mask.new_zeros(B, Q), text.padding_mask), dim=1)
-
-        def self_attend(layer: SelfAttentionLayer, queries: Tensor, text_tokens: Tensor) -> tuple[Tensor, Tensor]:
-            both = layer(torch.cat((queries, text_tokens), dim=1), pos=both_pos, key_padding_mask=both_padding)
-            return both[:, :Q], both[:, Q:]
+        prompt = PromptContext(
+            query_pos=query_pos,
+            both_pos=torch.cat((query_pos, text_tokens.detach()), dim=1),  # B x (Q+L) x C
+            both_padding=torch.cat((text.padding_mask.new_zeros(B, Q), text.padding_mask), dim=1),
+        )
 
         if self.pre_self_attention:
-            queries, text_tokens = self_attend(self.initial_self_attention_layer, queries, text_tokens)
+            queries, text_tokens = prompt.self_attend(self.initial_self_attention_layer, queries, text_tokens)
             queries = self.initial_ffn_layer(queries)
         embedding = self._mask_embedding(queries)
         # the existence head's state (B x 1 x C), or an empty placeholder so the block signature is fixed
@@ -290,24 +249,13 @@ class BoltzmannDecoder(nn.Module):
                         temperature=selection.temperature,
                     )
                 )
-            keep, indices, valid = selection.keep, selection.indices, selection.valid
-            if indices is not None and self.attention_impl == "dense":
-                keep, indices, valid = selection.as_keep_mask(logits.shape[-1]), None, None
+            attended = AttendedSet(keep=selection.keep, indices=selection.indices, valid=selection.valid)
+            if attended.indices is not None and self.attention_impl == "dense":
+                attended = AttendedSet(keep=selection.as_keep_mask(logits.shape[-1]))
 
-            def block(queries: Tensor, text_tokens: Tensor, cls_state: Tensor, layer=layer, level=level, keep=keep, indices=indices, valid=valid):
-                queries = self.transformer_cross_attention_layers[layer](
-                    queries, src[level], pos=None, memory_pos=src_pos[level], query_pos=query_pos, keep=keep,
-                    indices=indices, valid=valid, value_shift=self.level_embed.weight[level],
-                    # the keys are the values plus the fixed position and the level embedding, whose
-                    # gradient through the keys is zero (the same shift for every token cancels in
-                    # the softmax): the keys' gradient goes to the values, in one pass with theirs
-                    keys_from_values=True,
-                )
-                queries, text_tokens = self_attend(self.transformer_self_attention_layers[layer], queries, text_tokens)
-                if self.existence is not None:
-                    both = torch.cat((queries, text_tokens), dim=1)
-                    cls_state = self.existence.step(layer, cls_state, both, both_pos, both_padding)
-                queries = self.transformer_ffn_layers[layer](queries)
+            def block(queries: Tensor, text_tokens: Tensor, cls_state: Tensor, step=self.layer(layer),
+                      tokens=levels[level], attended=attended):
+                queries, text_tokens, cls_state = step(queries, text_tokens, cls_state, tokens, prompt, attended)
                 return queries, text_tokens, cls_state, self._mask_embedding(queries)
 
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from boltzformer.config import ATTENTION_MODES
 from boltzformer.model.kernels import cpu as cpu_kernels
 from boltzformer.model.kernels import counter_rng, triton_usable
 
@@ -43,12 +44,6 @@ __all__ = [
     "num_draws",
     "sample_token_indices",
 ]
-
-#: How a decoder layer chooses the image tokens a query attends to.
-#: ``boltzmann``: the paper's sampling; ``full``: every token (dense attention);
-#: ``masked``: Mask2Former, tokens with sigmoid >= 0.5 (every token where none is);
-#: ``uniform``: as many i.i.d. draws as ``boltzmann`` but from the uniform distribution.
-ATTENTION_MODES = ("boltzmann", "full", "masked", "uniform")
 
 
 def layer_temperature(base_temperature: float, layer: int) -> float:

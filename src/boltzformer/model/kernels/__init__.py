@@ -1,5 +1,6 @@
 """Kernels below the model: the counter-based random stream that every draw path shares
-(:mod:`.counter_rng`) and the Triton kernels of the sampled attention for CUDA
+(:mod:`.counter_rng`), the C kernels of the sampled attention and the draws on CPU (:mod:`.cpu`, built from
+``csrc/`` on first use by :mod:`.cpu_build`) and the Triton kernels of the sampled attention for CUDA
 (:mod:`.triton_attention`, imported only where ``triton`` is installed and used). They depend on
 torch (and triton) only, so the sampler and the attention can both use them."""
 

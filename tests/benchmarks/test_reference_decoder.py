@@ -1,8 +1,11 @@
-"""The reference code's decoder formulation against ours: same weights and sets, same outputs."""
+"""The reference code's decoder formulation (benchmarks/reference_decoder.py) against ours: same
+weights and sets, same outputs."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +13,26 @@ import pytest
 import torch
 
 import boltzformer
+from boltzformer.config import DecoderConfig, config_from_dict, config_to_dict
 from boltzformer.model.decoder import BoltzmannDecoder
-from boltzformer.model.reference_decoder import ReferenceDecoder, ReferenceSampler, reference_keep_mask
 from boltzformer.model.text import TextFeatures
 from boltzformer.model.sampling import AttentionSelection, BoltzmannSampler, inclusion_probability
+
+
+def _load_reference_module():
+    """benchmarks/reference_decoder.py, a script folder's module (not a package's)."""
+    spec = importlib.util.spec_from_file_location(
+        "reference_decoder", Path(__file__).resolve().parents[2] / "benchmarks" / "reference_decoder.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("reference_decoder", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+reference_decoder = _load_reference_module()
+ReferenceDecoder, ReferenceSampler = reference_decoder.ReferenceDecoder, reference_decoder.ReferenceSampler
+reference_keep_mask, use_reference_decoder = reference_decoder.reference_keep_mask, reference_decoder.use_reference_decoder
 
 SIZES = dict(in_channels=24, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=48, num_layers=4, num_queries=5)
 
@@ -126,8 +145,8 @@ def test_gradients_equal_with_the_same_sets():
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-3, msg=name)
 
 
-def test_build_model_selects_the_reference_and_shares_the_state_dict():
-    ref = boltzformer.build_model("tiny", decoder_impl="reference", num_layers=3, num_queries=4)
+def test_use_reference_decoder_swaps_the_decoder_and_shares_the_state_dict():
+    ref = use_reference_decoder(boltzformer.build_model("tiny", num_layers=3, num_queries=4))
     ours = boltzformer.build_model("tiny", num_layers=3, num_queries=4)
     assert isinstance(ref.decoder, ReferenceDecoder) and isinstance(ref.decoder.sampler, ReferenceSampler)
     assert type(ours.decoder) is BoltzmannDecoder
@@ -136,8 +155,18 @@ def test_build_model_selects_the_reference_and_shares_the_state_dict():
     with torch.no_grad():
         out = ref.eval()(x, ["nodule"], generator=torch.Generator().manual_seed(0))
     assert out.logits.shape == (1, 1, 32, 32) and torch.isfinite(out.logits).all()
-    with pytest.raises(ValueError, match="decoder_impl.*did you mean 'reference'"):
-        boltzformer.build_model("tiny", decoder_impl="referense")
+    with pytest.raises(ValueError, match="impl must be one of .*'referense'"):
+        reference_decoder.build_model("tiny", "referense")
+
+
+def test_configs_that_record_the_retired_decoder_impl_still_load():
+    """Checkpoints and result files written before ``decoder_impl`` left the config record
+    ``"efficient"``: they load; ``"reference"`` (never in a released checkpoint) says where it went."""
+    data = config_to_dict(DecoderConfig())
+    assert "decoder_impl" not in data
+    assert config_from_dict(DecoderConfig, {**data, "decoder_impl": "efficient"}) == DecoderConfig()
+    with pytest.raises(ValueError, match="decoder_impl='reference' is no longer supported.*benchmarks/reference_decoder.py"):
+        config_from_dict(DecoderConfig, {**data, "decoder_impl": "reference"})
 
 
 def test_reference_keep_mask_includes_each_token_with_one_minus_one_minus_p_to_the_n():
@@ -184,12 +213,3 @@ def test_reference_decoder_matches_the_official_code():
         out = dec.eval()([t(f"multi_scale_{i}") for i in range(3)], t("mask_features"), text)
     torch.testing.assert_close(out.query_logits, torch.from_numpy(case["mask_logits_layer2"]), atol=2e-3, rtol=0)
     assert math.isfinite(out.query_logits.abs().max().item())
-
-
-@pytest.mark.parametrize("size", [(32, 24), (16, 12), (8, 6), (4, 3), (64, 48), (20, 15)])
-def test_resize_bilinear_equals_interpolate(size):
-    from boltzformer.model.decoder import resize_bilinear
-
-    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
-    expected = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(resize_bilinear(x, size), expected, atol=1e-6, rtol=1e-6)

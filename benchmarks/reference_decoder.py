@@ -1,4 +1,5 @@
-"""The reference code's decoder formulation, kept as a correctness and speed baseline.
+"""The reference code's decoder formulation, kept as a correctness and speed baseline (benchmarks
+and tests only: the package never builds it).
 
 microsoft/BoltzFormer (c68c5f5) computes the same model as :class:`BoltzmannDecoder` in a costlier
 form, which this module reproduces step for step:
@@ -15,9 +16,10 @@ form, which this module reproduces step for step:
   every token.
 
 :class:`ReferenceDecoder` is a :class:`BoltzmannDecoder` with this forward: the same parameters,
-so one state dict loads into both. Build it with ``build_model(preset, decoder_impl="reference")``.
+so one state dict loads into both. :func:`use_reference_decoder` swaps it into a built model (same
+weights); :func:`build_model` builds a preset with either decoder (``impl="efficient"`` or ``"reference"``).
 Fed the same attended sets (replay them through ``decoder.sampler``), both give the same outputs up
-to float32 rounding (``tests/model/test_reference_decoder.py``).
+to float32 rounding (``tests/benchmarks/test_reference_decoder.py``).
 """
 
 from __future__ import annotations
@@ -27,13 +29,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+import boltzformer
+from boltzformer.model.boltzformer import BoltzFormer
 from boltzformer.model.decoder import NUM_LEVELS, BoltzmannDecoder, DecoderOutput, LayerSampling
 from boltzformer.model.layers import SelfAttentionLayer
 from boltzformer.model.position import sine_position_encoding
 from boltzformer.model.text import TextFeatures
 from boltzformer.model.sampling import AttentionSelection, BoltzmannSampler, layer_temperature, num_draws
 
-__all__ = ["ReferenceDecoder", "ReferenceSampler", "reference_keep_mask"]
+__all__ = ["IMPLS", "ReferenceDecoder", "ReferenceSampler", "build_model", "reference_keep_mask", "use_reference_decoder"]
+
+#: the decoder formulations a benchmark compares: the package's, and the reference code's
+IMPLS = ("efficient", "reference")
 
 
 def reference_keep_mask(
@@ -202,3 +209,39 @@ class ReferenceDecoder(BoltzmannDecoder):
         return DecoderOutput(
             query_logits=full, aux_logits=aux_logits, sampling=sampling, existence_logits=existence_logits
         )
+
+
+def use_reference_decoder(model: BoltzFormer) -> BoltzFormer:
+    """Replaces ``model.decoder`` (and its sampler) by a :class:`ReferenceDecoder` with the same
+    settings (``model.config``), parameters (loaded strictly), device, dtype and mode; returns the model."""
+    old, dc = model.decoder, model.config.decoder
+    sampler = ReferenceSampler(mode=dc.attention, ratio=dc.sample_ratio, base_temperature=dc.base_temperature,
+                               threshold=dc.threshold)
+    ref = ReferenceDecoder(
+        in_channels=model.pixel_decoder.conv_dim,
+        mask_dim=model.pixel_decoder.mask_dim,
+        hidden_dim=dc.hidden_dim,
+        num_heads=dc.num_heads,
+        ffn_dim=dc.ffn_dim,
+        num_layers=dc.num_layers,
+        num_queries=dc.num_queries,
+        pre_self_attention=dc.pre_self_attention,
+        sampler=sampler,
+        attention_impl=dc.attention_impl,
+        existence=dc.existence,
+    )
+    weight = next(old.parameters())
+    ref.load_state_dict(old.state_dict(), strict=True)
+    ref.to(device=weight.device, dtype=weight.dtype).train(old.training)
+    ref.gradient_checkpointing = old.gradient_checkpointing
+    model.decoder = ref
+    return model
+
+
+def build_model(preset: str, impl: str = "efficient", **overrides) -> BoltzFormer:
+    """``boltzformer.build_model(preset, **overrides)``, with the reference decoder where ``impl`` is
+    ``"reference"``."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    model = boltzformer.build_model(preset, **overrides)
+    return use_reference_decoder(model) if impl == "reference" else model
