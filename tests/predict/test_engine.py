@@ -159,20 +159,20 @@ def test_a_batch_is_encoded_once_for_any_number_of_prompts_and_passes(model, mon
     a, b = _images(2)
     predictor.set_image_batch([a, b[:40]])  # sizes may differ
     first = predictor.predict_batch(["nodule", "cyst"])
-    second = predictor.predict_batch(["vessel", "nodule"], samples=3)
+    second = predictor.predict_batch(["vessel", "nodule"], samples=2)
     assert calls == [2]  # one encoder pass for the batch of two
     assert [p.prompt for p in second] == ["vessel", "nodule"] and predictor.num_images == 2
     assert first[0].probabilities.shape == (1, 50, 70) and first[1].probabilities.shape == (1, 40, 70)
-    assert second[0].probabilities.shape == (3, 50, 70) and second[0].existence is None
+    assert second[0].probabilities.shape == (2, 50, 70) and second[0].existence is None
     # one image: many prompts with K passes each, and the single-image methods, on one encoding
     predictor.set_image(a)
-    predictor.segment(None, ["nodule", "cyst", "vessel"], samples=2)
+    predictor.segment(None, ["nodule", "cyst"], samples=2)
     predictor.predict_proba(None, "nodule")
     assert calls == [2, 1]
     # a volume: each batch of slices is encoded once for every prompt
-    vol = (np.random.default_rng(1).random((5, 30, 40)) * 255).astype(np.uint8)
-    predictor.segment_volume(vol, ["nodule", "cyst", "vessel"], batch_size=2, context="2d")
-    assert calls == [2, 1, 2, 2, 1]
+    vol = (np.random.default_rng(1).random((3, 24, 32)) * 255).astype(np.uint8)
+    predictor.segment_volume(vol, ["nodule", "cyst"], batch_size=2, context="2d")
+    assert calls == [2, 1, 2, 1]
 
 
 def test_predict_batch_checks_its_inputs(model):
