@@ -15,6 +15,7 @@ _FREEZABLE = ["backbone", "pixel_decoder", "text_encoder"]
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    """The model and training options shared by ``train`` (and read by :func:`_train_configs`)."""
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     p.add_argument("--max-steps", type=int, default=None, help="training steps")
     p.add_argument("--batch-size", type=int, default=None)
