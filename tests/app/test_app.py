@@ -116,6 +116,19 @@ def test_existence_probability_is_shown_when_the_model_has_the_head(tmp_path):
     assert summary_rows([r])[0][1] == f"{expected:.3f}"
 
 
+def test_each_image_is_encoded_once_for_every_prompt_and_its_sampling_maps(tmp_path):
+    image = load_upload(_png(tmp_path / "x.png", (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)))
+    model = small_target_model(preview(image))
+    calls = []
+    original = model.encode_image
+    model.encode_image = lambda x: calls.append(x.shape[0]) or original(x)  # type: ignore[method-assign]
+    try:
+        results = segment(boltzformer.Predictor(model), image, ["nodule", "cyst", "vessel"], out_dir=tmp_path / "o", samples=3)
+    finally:
+        del model.encode_image
+    assert calls == [1] and len(results) == 3  # K passes, three prompts and their sampling maps: one encoding
+
+
 def test_nifti_volume_every_slice_and_a_mask_in_the_file_geometry(tmp_path):
     rng = np.random.default_rng(0)
     data = (rng.random((40, 32, 5)) * 300).astype(np.int16)  # X, Y, Z

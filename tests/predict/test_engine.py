@@ -136,3 +136,157 @@ def test_predictor_at_native_resolution_keeps_the_image_size(model):
     assert np.array_equal(predictor.predict(None, "cyst"), prob > 0.5)  # the image is kept for more prompts
     with pytest.raises(ValueError, match="window_overlap"):
         boltzformer.Predictor(model, window_overlap=1.0)
+
+
+# ------------------------------------------------------------- the one engine: batches, volumes, passes, gate
+
+
+def _count_encodes(model, monkeypatch):
+    calls = []
+    original = model.encode_image
+    monkeypatch.setattr(model, "encode_image", lambda x: calls.append(x.shape[0]) or original(x))
+    return calls
+
+
+def _images(n, shape=(50, 70), seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.random(shape) * 255).astype(np.uint8) for _ in range(n)]
+
+
+def test_a_batch_is_encoded_once_for_any_number_of_prompts_and_passes(model, monkeypatch):
+    calls = _count_encodes(model, monkeypatch)
+    predictor = boltzformer.Predictor(model, seed=2)
+    a, b = _images(2)
+    predictor.set_image_batch([a, b[:40]])  # sizes may differ
+    first = predictor.predict_batch(["nodule", "cyst"])
+    second = predictor.predict_batch(["vessel", "nodule"], samples=2)
+    assert calls == [2]  # one encoder pass for the batch of two
+    assert [p.prompt for p in second] == ["vessel", "nodule"] and predictor.num_images == 2
+    assert first[0].probabilities.shape == (1, 50, 70) and first[1].probabilities.shape == (1, 40, 70)
+    assert second[0].probabilities.shape == (2, 50, 70) and second[0].existence is None
+    # one image: many prompts with K passes each, and the single-image methods, on one encoding
+    predictor.set_image(a)
+    predictor.segment(None, ["nodule", "cyst"], samples=2)
+    predictor.predict_proba(None, "nodule")
+    assert calls == [2, 1]
+    # a volume: each batch of slices is encoded once for every prompt
+    vol = (np.random.default_rng(1).random((3, 24, 32)) * 255).astype(np.uint8)
+    predictor.segment_volume(vol, ["nodule", "cyst"], batch_size=2, context="2d")
+    assert calls == [2, 1, 2, 1]
+
+
+def test_predict_batch_checks_its_inputs(model):
+    predictor = boltzformer.Predictor(model)
+    with pytest.raises(RuntimeError, match="set_image_batch"):
+        predictor.predict_batch(["x"])
+    predictor.set_image_batch(_images(2))
+    with pytest.raises(ValueError, match="one prompt per image: 2 images are set, got 1"):
+        predictor.predict_batch(["x"])
+    with pytest.raises(RuntimeError, match="2 images are set"):
+        predictor.predict(None, "x")  # the single-image methods need one image
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+        predictor.predict_batch(["x", "y"], samples=0)
+    with pytest.raises(ValueError, match="at least one image"):
+        predictor.set_image_batch([])
+    with pytest.raises(ValueError, match=r"images\[0\] must be a \(3, H, W\) tensor"):
+        predictor.set_image_batch([torch.zeros(1, 8, 8)])
+
+
+def test_k_passes_are_deterministic_for_a_seed_and_pass_k_is_seed_plus_k(model):
+    image = _images(1, (60, 60), seed=4)[0]
+    a = boltzformer.Predictor(model, seed=5).segment(image, ["nodule"], samples=3)[0]
+    b = boltzformer.Predictor(model, seed=5).segment(image, ["nodule"], samples=3)[0]
+    assert np.array_equal(a.probability, b.probability) and np.array_equal(a.std, b.std) and a.agreement == b.agreement
+    predictor = boltzformer.Predictor(model, seed=5)
+    predictor.set_image(image)
+    [passes] = predictor.predict_batch(["nodule"], samples=3)
+    for k in range(3):  # pass k is the single pass of seed 5 + k
+        assert np.array_equal(passes.probabilities[k].numpy(), boltzformer.Predictor(model, seed=5 + k).predict_proba(image, "nodule"))
+    np.testing.assert_array_equal(a.probability, passes.probabilities.mean(0).numpy())
+    other = boltzformer.Predictor(model, seed=6).segment(image, ["nodule"], samples=3)[0]
+    assert not np.array_equal(other.probability, a.probability)
+
+
+def _per_slice(model, slices, prompt, *, seed, batch_size):
+    """The volume path written out with the model's own calls: batches of slices encoded, decoded with one
+    generator seeded ``seed`` that carries on from batch to batch, mapped back to the slice grid."""
+    from boltzformer.io.transforms import from_model_output, image_to_tensor, to_model_input
+
+    generator = torch.Generator().manual_seed(seed)
+    probs = []
+    with torch.no_grad():
+        for start in range(0, len(slices), batch_size):
+            batch = [to_model_input(image_to_tensor(slices[d]), 64) for d in range(start, min(len(slices), start + batch_size))]
+            features = model.encode_image(torch.stack([x for x, _ in batch]))
+            out = model.decode(features, [prompt] * len(batch), generator=generator)
+            probs.append(from_model_output(out.logits[:, 0].float(), batch[0][1]).sigmoid().numpy())
+    return np.concatenate(probs)
+
+
+@pytest.mark.parametrize("context", ["2d", "2.5d"])
+def test_volume_prediction_equals_the_per_slice_path_for_a_seed(model, context):
+    from boltzformer.io.windows import volume_slices
+
+    vol = (np.random.default_rng(2).random((5, 30, 40)) * 255).astype(np.uint8)
+    predictor = boltzformer.Predictor(model, seed=3, threshold=0.4)
+    results = predictor.segment_volume(vol, ["nodule", "cyst"], context=context, batch_size=2)
+    for r in results:
+        expected = _per_slice(model, volume_slices(vol, context=context), r.prompt, seed=3, batch_size=2)
+        np.testing.assert_array_equal(r.probability, expected)
+        np.testing.assert_array_equal(r.mask, expected > 0.4)
+        assert r.existence is None and r.std is None
+    # a prompt's masks do not depend on the other prompts asked with it
+    alone = predictor.segment_volume(vol, ["cyst"], context=context, batch_size=2)[0]
+    np.testing.assert_array_equal(alone.probability, results[1].probability)
+    # one slice per batch: the first slice is the 2D path's image
+    first = predictor.segment_volume(vol, ["nodule"], context=context, batch_size=1)[0]
+    np.testing.assert_array_equal(first.probability[0], predictor.predict_proba(volume_slices(vol, context=context)[0], "nodule"))
+
+
+def test_volume_with_k_passes_gives_the_spread_per_slice(model):
+    vol = (np.random.default_rng(3).random((3, 32, 32)) * 255).astype(np.uint8)
+    predictor = boltzformer.Predictor(model, seed=1)
+    a = predictor.segment_volume(vol, ["nodule"], batch_size=2, samples=3)[0]
+    b = predictor.segment_volume(vol, ["nodule"], batch_size=2, samples=3)[0]
+    assert a.std.shape == a.probability.shape == (3, 32, 32) and a.agreement.shape == (3,)
+    np.testing.assert_array_equal(a.probability, b.probability)
+    assert ((0 <= a.agreement) & (a.agreement <= 1)).all() and (a.std >= 0).all()
+    np.testing.assert_array_equal(a.mask, a.probability > 0.5)
+
+
+def test_one_existence_gate_for_images_volumes_and_passes():
+    from boltzformer.predict.results import gate
+
+    mask = np.ones((2, 3, 3), bool)
+    assert not gate(mask[0], 0.2, 0.5).any() and gate(mask[0], 0.5, 0.5).all() and gate(mask[0], None, 0.5).all()
+    assert gate(mask, np.array([0.9, 0.1]), 0.5).any(axis=(1, 2)).tolist() == [True, False]
+    torch.manual_seed(0)
+    head = boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4, existence=True).eval()
+    image = _images(1, (64, 64))[0]
+    vol = np.stack(_images(3, (32, 32)))
+    predictor = boltzformer.Predictor(head, threshold=0.2)
+    with torch.no_grad():
+        head.decoder.existence.classifier.bias.fill_(50.0)  # surely present: nothing is gated
+    present = predictor.segment(image, ["nodule"], samples=2)[0]
+    volume = predictor.segment_volume(vol, ["nodule"], batch_size=2)[0]
+    assert present.mask.any() and present.existence == pytest.approx(1.0) and volume.mask.any()
+    np.testing.assert_array_equal(volume.mask, volume.probability > 0.2)
+    with torch.no_grad():
+        head.decoder.existence.classifier.bias.fill_(-50.0)  # surely absent: every mask is empty
+    absent = predictor.segment(image, ["nodule"], samples=2)[0]
+    gated = predictor.segment_volume(vol, ["nodule"], batch_size=2)[0]
+    np.testing.assert_array_equal(absent.probability, present.probability)  # the probabilities are not gated
+    assert not absent.mask.any() and not gated.mask.any() and (gated.existence < 0.5).all()
+    np.testing.assert_array_equal(gated.probability, volume.probability)
+
+
+def test_sampling_maps_reuse_the_predictor_s_features(model, monkeypatch):
+    from boltzformer.predict.explain import sampling_maps
+
+    image = _images(1, (80, 64), seed=5)[0]
+    predictor = boltzformer.Predictor(model, seed=4)
+    predictor.set_image(image)
+    calls = _count_encodes(model, monkeypatch)
+    maps = sampling_maps(predictor, None, "nodule")
+    assert calls == [] and len(maps.distributions) == 3
+    np.testing.assert_array_equal(maps.probability, predictor.predict_proba(None, "nodule"))

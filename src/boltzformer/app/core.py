@@ -1,10 +1,10 @@
 """What the app computes, without the browser: an uploaded file and prompts in, per-prompt results out.
 
 :func:`load_upload` reads a file through the same checked readers as the command line and enforces
-the pixel / voxel limit; :func:`segment` runs the predictor on it for each prompt (K sampling passes
-for the uncertainty map, the per-layer sampling maps, the lesion list, the existence probability
-when the model has an existence head) and writes one mask per prompt (PNG for 2D, NIfTI for a
-volume). :func:`summary_rows` and :func:`lesion_rows` turn the results into table rows. The gradio
+the pixel / voxel limit; :func:`segment` runs the predictor on it (each image or slice encoded once for
+all the prompts that see the same intensities; K sampling passes for the uncertainty map, the per-layer
+sampling maps from the cached features, the lesion list, the existence probability when the model has
+an existence head) and writes one mask per prompt with the one writer (PNG for 2D, NIfTI for a volume). :func:`summary_rows` and :func:`lesion_rows` turn the results into table rows. The gradio
 layout (``ui.py``) only wires these functions to widgets, so tests call them directly.
 """
 
@@ -23,13 +23,15 @@ import torch
 from PIL import Image
 
 from boltzformer.io.images import DataError
-from boltzformer.io.medical import MedicalImage, write_mask
+from boltzformer.io.medical import MedicalImage
 from boltzformer.io.windows import to_uint8, volume_slices
-from boltzformer.predict.explain import sampling_maps, save_sampling_grid
-from boltzformer.predict.lesions import Lesion, lesions
 from boltzformer.model.text import check_prompts
 from boltzformer.predict.engine import Predictor
-from boltzformer.predict.visualize import overlay
+from boltzformer.predict.explain import sampling_maps, save_sampling_grid
+from boltzformer.predict.lesions import Lesion, lesions
+from boltzformer.predict.outputs import prompt_slug, write_prediction
+from boltzformer.predict.results import Prediction, VolumePrediction
+from boltzformer.predict.visualize import overlay, uncertainty_image
 
 __all__ = [
     "AppImage",
@@ -233,23 +235,6 @@ def preview(image: AppImage, slice_index: int | None = None) -> np.ndarray:
     return display[image.check_slice(slice_index)] if image.is_volume else display
 
 
-def _heat(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (H, W) -> RGB float (H, W, 3) black-red-yellow-white."""
-    v = np.clip(values, 0, 1)[..., None]
-    return np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], -1) * 255
-
-
-def uncertainty_image(image: np.ndarray, std: np.ndarray) -> Image.Image:
-    """The standard deviation of the K passes as a heat map (0 black -> 0.5 white) over the dimmed image."""
-    grey = image.astype(np.float32) if image.ndim == 2 else image[..., :3].astype(np.float32).mean(-1)
-    out = 0.35 * grey[..., None] + 0.65 * _heat(std / 0.5)
-    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
-
-
 @torch.inference_mode()
 def segment(
     predictor: Predictor,
@@ -266,12 +251,13 @@ def segment(
 
     The mask is the mean probability of the K passes (sampling seeds ``predictor.seed`` ..
     ``+ K - 1``) above ``predictor.threshold`` (empty when the existence head says the target is
-    absent). A volume is segmented slice by slice, every slice, for the NIfTI mask; the images, lesions
-    and existence probability are those of ``slice_index`` (default: the middle slice).
+    absent). A volume is segmented slice by slice (:meth:`Predictor.segment_volume`, one slice per batch,
+    every slice encoded once for all the prompts that share its intensities), for the NIfTI mask; the
+    images, lesions and existence probability are those of ``slice_index`` (default: the middle slice).
 
     Args:
         prompts: a list of prompts, or the text box's string (see :func:`parse_prompts`).
-        out_dir: folder for the mask files (``<name>_NN_<prompt>_mask.png`` or ``.nii.gz``).
+        out_dir: folder for the mask files (``<name>_NN_<prompt slug>_mask.png`` or ``.nii.gz``).
         context: volumes: ``"2d"`` (each slice alone) or ``"2.5d"`` (neighbours as the RGB channels).
         progress: called with (fraction done, message) after each slice of a volume.
     """
@@ -282,42 +268,65 @@ def segment(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", image.name.split(".")[0])[:60] or "image"
-    results = []
-    for i, prompt in enumerate(prompts):
+    # prompts that see the same intensities (the CT window of the site a prompt names) share one encoding
+    groups: list[tuple[np.ndarray, list[str]]] = []
+    order = {prompt: i for i, prompt in reversed(list(enumerate(prompts)))}  # the first place of each prompt
+    for prompt in prompts:
         display = _display(image, prompt)
-        slices = volume_slices(display, context=context) if image.is_volume else [display]
-        masks, run = [], None  # a mask per slice; the shown slice's whole result in `run`
-        for k, slice_u8 in enumerate(slices):
-            r = predictor.predict_samples(slice_u8, prompt, int(samples))
-            masks.append(r["mask"])
-            if k == shown:
-                run = r
-            if progress is not None and image.is_volume:
-                progress((i * len(slices) + k + 1) / (len(prompts) * len(slices)), f"{prompt}: slice {k + 1}/{len(slices)}")
-        assert run is not None
-        shown_u8, prob, mask = slices[shown], run["mean"], run["mask"]
-        grid = save_sampling_grid(sampling_maps(predictor.model, shown_u8, prompt, seed=predictor.seed), shown_u8,
-                                  out_dir / f"{i + 1:02d}_{_slug(prompt)}_sampling.png")
-        whole = np.stack(masks) if image.is_volume else mask
+        same = next((g for g in groups if np.array_equal(g[0], display)), None)
+        if same is None:
+            groups.append((display, [prompt]))
+        else:
+            same[1].append(prompt)
+    found: dict[str, tuple[Prediction | VolumePrediction, np.ndarray, Image.Image]] = {}  # prompt -> result, shown, grid
+    total, done = len(prompts) * image.num_slices, 0
+    for display, group in groups:
+        if image.is_volume:
+            def report(slices_done: int, slices: int, group: list[str] = group, start: int = done) -> None:
+                if progress is not None:
+                    progress((start + slices_done * len(group)) / total, f"{'; '.join(group)}: slice {slices_done}/{slices}")
+
+            results: Sequence[Prediction | VolumePrediction] = predictor.segment_volume(
+                display, group, context=context, batch_size=1, samples=int(samples), overlap="independent", progress=report)
+            done += len(group) * image.num_slices
+            shown_u8 = volume_slices(display, context=context)[shown]
+            predictor.set_image(shown_u8)  # the shown slice, whose sampling maps are drawn
+        else:
+            results, shown_u8 = predictor.segment(display, group, samples=int(samples)), display  # the image stays set
+        for prompt, result in zip(group, results):
+            grid = save_sampling_grid(sampling_maps(predictor, None, prompt), shown_u8,
+                                      out_dir / f"{order[prompt] + 1:02d}_{prompt_slug(prompt)}_sampling.png")
+            found[prompt] = (result, shown_u8, grid)
+    out = []
+    for i, prompt in enumerate(prompts):
+        result, shown_u8, grid = found[prompt]
         suffix = ".nii.gz" if image.is_volume else ".png"
-        mask_path = write_mask(whole, image.image, out_dir / f"{stem}_{i + 1:02d}_{_slug(prompt)}_mask{suffix}")
-        voxels = int(whole.sum()) if image.is_volume else None
-        results.append(PromptResult(
+        written = write_prediction(result, image.image, shown_u8, out_dir / f"{stem}_{i + 1:02d}_{prompt_slug(prompt)}_mask{suffix}",
+                                   with_overlay=False, with_lesions=False)
+        if image.is_volume:
+            mask, prob, std = result.mask[shown], result.probability[shown], result.std[shown]  # type: ignore[index]
+            existence = None if result.existence is None else float(result.existence[shown])  # type: ignore[index]
+            agreement = float(result.agreement[shown])  # type: ignore[index]
+            voxels: int | None = int(result.mask.sum())
+        else:
+            mask, prob, std, existence, agreement = result.mask, result.probability, result.std, result.existence, result.agreement
+            voxels = None
+        out.append(PromptResult(
             prompt=prompt,
             overlay=overlay(shown_u8, mask, label=prompt),
-            uncertainty=uncertainty_image(shown_u8, run["std"]),
+            uncertainty=uncertainty_image(shown_u8, std),
             sampling_grid=grid,
-            lesions=lesions(mask, probability=prob, spacing=image.pixel_spacing),
-            existence=run["existence"],  # mean over the K passes; None without an existence head
-            agreement=float(run["agreement"]),
+            lesions=lesions(mask, probability=prob, spacing=image.pixel_spacing) if image.is_volume else written.lesions,
+            existence=existence,  # mean over the K passes; None without an existence head
+            agreement=float(agreement),
             mask_pixels=int(mask.sum()),
             area_fraction=float(mask.mean()),
             max_probability=float(prob.max()),
-            mask_path=mask_path,
+            mask_path=written.mask,
             volume_voxels=voxels,
             volume_ml=voxels * image.voxel_ml if voxels is not None and image.voxel_ml is not None else None,
         ))
-    return results
+    return out
 
 
 SUMMARY_HEADERS = ["prompt", "existence probability", "agreement of K passes", "lesions", "mask pixels",

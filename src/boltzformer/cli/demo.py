@@ -17,16 +17,16 @@ from boltzformer.config import TrainConfig, get_preset
 from boltzformer.data.synthetic import SyntheticConfig, SyntheticDataset
 from boltzformer.evaluate import evaluate_model, report_to_markdown, write_report
 from boltzformer.io.atomic import write_json_atomic
+from boltzformer.model.checkpoint import load_checkpoint
+from boltzformer.predict.engine import Predictor
+from boltzformer.predict.outputs import save_pngs_atomic
+from boltzformer.predict.visualize import panel
 from boltzformer.train.runner import TrainJob, run_training
 
 __all__ = ["run_demo"]
 
 
 def _save_examples(model, dataset, out: Path, n: int, seed: int) -> list[Path]:
-    from boltzformer.cli.commands import _save_png_atomic
-    from boltzformer.predict.engine import Predictor
-    from boltzformer.predict.visualize import panel
-
     predictor = Predictor(model, seed=seed)
     paths = {}
     # one example of every size bucket first, then the rest in order
@@ -39,7 +39,7 @@ def _save_examples(model, dataset, out: Path, n: int, seed: int) -> list[Path]:
         dice = 2 * inter / max(1.0, float(pred.sum() + target.sum()))
         caption = f"'{s['prompt']}'  area {100 * s['area_fraction']:.2f}%  Dice {dice:.2f}"
         paths[out / f"{s['id']}.png"] = panel(image, target, pred, caption)
-    _save_png_atomic(paths)
+    save_pngs_atomic(paths)
     return list(paths)
 
 
@@ -60,8 +60,6 @@ def run_demo(out: Path, *, max_steps: int = 1000, seed: int = 0, n_test: int | N
         TrainJob(model=model_cfg, train=tc, data="synthetic", out=run_dir, data_seed=seed, synthetic_counts=counts, progress=progress)
     )
     train_s = time.perf_counter() - t0
-
-    from boltzformer.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(last)
     test = SyntheticDataset("test", SyntheticConfig(image_size=model_cfg.image_size, seed=seed, **(counts or {})))

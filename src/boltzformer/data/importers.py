@@ -38,6 +38,7 @@ from PIL import Image
 
 from boltzformer.data.folder import META_FILE, FolderDataset
 from boltzformer.io.images import DataError, read_image
+from boltzformer.predict.outputs import label_slug as _slug
 
 __all__ = [
     "ImportSummary",
@@ -149,11 +150,6 @@ def biomedparse_prompt(target: str, modality: str, site: str | None) -> str:
     if not site or site.lower() == target.lower():
         return f"{target} in {phrase}"
     return f"{target} in {site} {phrase}"
-
-
-def _slug(text: str) -> str:
-    """A file-name-safe form of a target name: ``"left kidney"`` -> ``"left_kidney"``."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.strip()).strip("_") or "target"
 
 
 # ----------------------------------------------------------------------------------------------- writing

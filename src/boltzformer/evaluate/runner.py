@@ -1,5 +1,5 @@
-"""Model inference: K sampled passes over a batch (:func:`predict_passes`) and a model over a dataset
-(:func:`evaluate_model`)."""
+"""A model over a dataset (:func:`evaluate_model`) and K sampled passes over a batch (:func:`predict_passes`),
+both through the one inference engine (:class:`~boltzformer.predict.engine.Predictor`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from boltzformer.evaluate.boundary import NSD_TOLERANCE
 from boltzformer.evaluate.confidence import POOR_DICE, existence_summary, pairwise_agreement
 from boltzformer.evaluate.metrics import _mean
 from boltzformer.evaluate.report import SegmentationReport
+from boltzformer.predict.engine import Predictor
+from boltzformer.predict.results import Passes, summarize
 
 
 # ---------------------------------------------------------------------------------------- model inference
 
 
-@torch.inference_mode()
 def predict_passes(
     model: Any,
     images: Sequence[torch.Tensor],
@@ -26,37 +27,22 @@ def predict_passes(
     generators: Sequence[torch.Generator],
     window_overlap: float | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """Probability maps of K sampled passes, one per generator, for a batch of images (3, H_i, W_i) 0-255.
-
-    The images are encoded once and decoded K times. With one generator the maps are those of
-    :func:`boltzformer.predict.predict_probabilities` (same values, bit for bit). With ``window_overlap``
-    the images keep their resolution: :func:`boltzformer.predict.window_passes` slides the model's input
-    window over each.
+    """Probability maps of K sampled passes, one per generator, for a batch of images (3, H_i, W_i) 0-255:
+    :meth:`Predictor.set_image_batch <boltzformer.predict.engine.Predictor.set_image_batch>` (encoded once)
+    then :meth:`~boltzformer.predict.engine.Predictor.predict_batch` with ``generators``. With
+    ``window_overlap`` the images keep their resolution (the model's input window slides over each).
 
     Returns:
         ``(probabilities, existence)``: one (K, H_i, W_i) float tensor of probabilities per image, on the
         CPU, on the image's own grid; and (B, K) probabilities that the target is in the image, or
         ``None`` for a model without an existence head.
     """
-    from boltzformer.io.transforms import from_model_output, pads_center, to_model_input
-
-    if window_overlap is not None:  # native resolution: a window of the input's size slides over each image
-        from boltzformer.predict.engine import window_passes
-
-        runs = [window_passes(model, img, p, window=image_size, overlap=window_overlap, generators=generators)
-                for img, p in zip(images, prompts)]
-        if runs[0][1] is None:
-            return [r[0] for r in runs], None
-        return [r[0] for r in runs], torch.stack([r[1] for r in runs])  # type: ignore[misc]
-    inputs, geoms = zip(*(to_model_input(img, image_size, center=pads_center(model)) for img in images))
-    features = model.encode_image(torch.stack(inputs).to(model.device))
-    outs = [model.decode(features, list(prompts), generator=g) for g in generators]
-    logits = torch.stack([o.logits.float() for o in outs], 1)[:, :, 0]  # K x (B,1,h,w) -> B x K x h x w
-    probs = [from_model_output(lg, geom).sigmoid().cpu() for lg, geom in zip(logits, geoms)]
-    if getattr(outs[0], "existence_logits", None) is None:
-        return probs, None
-    existence = torch.stack([o.existence_logits.float() for o in outs], 1).sigmoid().cpu()  # K x (B,) -> B x K
-    return probs, existence
+    predictor = Predictor(model, image_size=image_size, window_overlap=window_overlap)
+    predictor.set_image_batch(images)
+    passes = predictor.predict_batch(prompts, generators=generators)
+    if passes[0].existence is None:
+        return [p.probabilities for p in passes], None
+    return [p.probabilities for p in passes], torch.stack([p.existence for p in passes])  # type: ignore[misc]
 
 
 def evaluate_model(
@@ -123,34 +109,30 @@ def evaluate_model(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n <= 0:
         raise ValueError("the dataset to evaluate is empty")
-    image_size = model.config.image_size
-    generators = [torch.Generator(device=model.device).manual_seed(seed + k) for k in range(samples)]
+    predictor = Predictor(model, image_size=model.config.image_size, threshold=threshold, seed=seed,
+                          existence_threshold=existence_threshold, window_overlap=window_overlap)
+    generators = predictor.generators(samples)  # carried on from batch to batch (the engine's seeding rule)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc="evaluate" if samples == 1 else f"evaluate ({samples} passes)", unit="img")
-    model.eval()
     gated = False
     presence: list[tuple[float, bool]] = []  # (mean existence probability, the target is there) per sample
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        probs, existence = predict_passes(
-            model, [s["image"] for s in items], [s["prompt"] for s in items], image_size=image_size, generators=generators,
-            window_overlap=window_overlap,
-        )
-        gated = existence is not None
-        for i, (s, p) in enumerate(zip(items, probs)):  # p: K x H x W
-            agreement = pairwise_agreement(p > threshold) if samples > 1 else None
-            mean = p.mean(0)  # H x W
-            pred = mean > threshold
-            if existence is not None:
-                presence.append((float(existence[i].mean()), bool((s["mask"] >= 0.5).any())))
-            if existence is not None and float(existence[i].mean()) < existence_threshold:
-                pred = torch.zeros_like(pred)  # the existence head says the target is absent
+        predictor.set_image_batch([s["image"] for s in items])  # encoded once for the K passes
+        passes: list[Passes] = predictor.predict_batch([s["prompt"] for s in items], generators=generators)
+        for s, p in zip(items, passes):  # p.probabilities: K x H x W
+            r = summarize(p, threshold=threshold, existence_threshold=existence_threshold)  # mean, gated mask
+            gated = r.existence is not None
+            agreement = pairwise_agreement(p.probabilities > threshold) if samples > 1 else None
+            mean, pred, truth = torch.from_numpy(r.probability), torch.from_numpy(r.mask), s["mask"] >= 0.5
+            if r.existence is not None:
+                presence.append((r.existence, bool(truth.any())))
             report.update(
                 pred[None, None],
-                (s["mask"] >= 0.5)[None],
+                truth[None],
                 ids=[s["id"]],
                 prompts=[s["prompt"]],
                 spacings=[s.get("spacing")],

@@ -1,53 +1,40 @@
-"""Inference: numpy image + prompt in, numpy mask out, on the input's own pixel grid.
+"""The one inference engine: images in, typed results on each image's own pixel grid out.
 
-:class:`Predictor` is separate from the ``nn.Module``: it pre-processes (pad to square, resize),
-caches the image features so that several prompts on one image encode it once, seeds the sampled
-attention (the same seed gives the same mask) and maps the prediction back to the input's size.
+:class:`Predictor` is separate from the ``nn.Module`` (as SAM2's image predictor): it pre-processes (pad
+to square, resize), encodes a batch of images once and keeps the features (:meth:`~Predictor.set_image_batch`,
+:meth:`~Predictor.set_image`), decodes any number of prompts on them with K sampled passes
+(:meth:`~Predictor.predict_batch`), gates masks with the existence head, and maps every prediction back
+to its image's size. Volumes go slice by slice with 2.5D context (:meth:`~Predictor.segment_volume`,
+:mod:`.volumes`). Files and folders, evaluation, the sampling maps, the app and the CLI all call it.
+
+Seeding, the one rule: pass k draws from a ``torch.Generator`` seeded ``seed + k`` (:meth:`~Predictor.generators`);
+a request decodes each prompt with fresh generators, so a prompt's mask does not depend on the other
+prompts; a run over several batches (the slices of a volume, a dataset) passes the same generators to
+every batch, so they carry on from batch to batch. The same seed and batch size give the same masks.
 
 Native resolution (``window_overlap``): instead of resizing the whole image to the model's input, a
 window of the input's size slides over the image at its own resolution (MONAI's
 ``sliding_window_inference``), and the windows' mask logits are blended with Gaussian weights
 (:func:`window_passes`), so that a tiny target is seen at the scale of native-resolution training
-(:class:`~boltzformer.data.patches.PatchDataset`). Every caller (Predictor, evaluation) goes through it.
+(:class:`~boltzformer.data.patches.PatchDataset`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import contextlib
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from boltzformer.model import BoltzFormer, ImageFeatures
-from boltzformer.model.text import check_prompts
 from boltzformer.io.transforms import Geometry, from_model_output, image_to_tensor, pads_center, to_model_input
+from boltzformer.model import BoltzFormer, BoltzFormerOutput, ImageFeatures
+from boltzformer.model.text import check_prompts
+from boltzformer.predict import volumes
+from boltzformer.predict.results import Passes, Prediction, VolumePrediction, summarize
 
-__all__ = ["Prediction", "Predictor", "predict_probabilities", "window_passes"]
-
-
-@dataclass
-class Prediction:
-    """One prompt's result on one image, on the image's own pixel grid.
-
-    ``probability``: (H, W) float32 mask probability (the mean of the passes when ``samples`` > 1);
-    ``mask``: (H, W) bool, probability > threshold, and empty when the existence head says the target
-    is absent; ``existence``: probability that the target is in the image (None without the head);
-    ``std`` and ``agreement``: the spread of K sampling passes (None for one pass).
-    """
-
-    prompt: str
-    probability: np.ndarray
-    mask: np.ndarray
-    existence: float | None = None
-    std: np.ndarray | None = None
-    agreement: float | None = None
-
-    @property
-    def present(self) -> bool:
-        """The target is reported present: the existence head says so (or there is none) and the mask is not empty."""
-        return bool(self.mask.any())
+__all__ = ["Passes", "Prediction", "Predictor", "VolumePrediction", "predict_probabilities", "window_passes"]
 
 
 @torch.inference_mode()
@@ -59,11 +46,11 @@ def predict_probabilities(
     image_size: int,
     generator: torch.Generator | None = None,
 ) -> list[Tensor]:
-    """Probability maps (H_i, W_i) for a batch of images (3, H_i, W_i) 0-255 of any sizes."""
-    inputs, geoms = zip(*(to_model_input(img, image_size, center=pads_center(model)) for img in images))
-    batch = torch.stack(inputs).to(model.device)
-    logits = model(batch, list(prompts), generator=generator).logits.float()
-    return [from_model_output(lg[0], g).sigmoid().cpu() for lg, g in zip(logits, geoms)]
+    """Probability maps (H_i, W_i) for a batch of images (3, H_i, W_i) 0-255 of any sizes, one pass
+    (:meth:`Predictor.predict_batch` with one generator)."""
+    predictor = Predictor(model, image_size=image_size)
+    predictor.set_image_batch(images)
+    return [p.probabilities[0] for p in predictor.predict_batch(prompts, generators=[generator])]
 
 
 @torch.inference_mode()
@@ -111,13 +98,15 @@ def window_passes(
 
 
 class Predictor:
-    """Segments what a prompt names in an image.
+    """Segments what a prompt names in an image, a batch of images or a volume.
 
     Args:
-        model: a trained :class:`~boltzformer.model.BoltzFormer` (see ``load_checkpoint``).
+        model: a trained :class:`~boltzformer.model.BoltzFormer` (see ``load_checkpoint``), or any model
+            with its ``encode_image`` / ``decode`` (the MONAI peer of :mod:`boltzformer.train.peer`).
         image_size: the model's input side; default: the size it was trained at.
         threshold: probability above which a pixel is in the mask.
-        seed: seed of the sampled attention; the same seed gives the same mask.
+        seed: seed of the sampled attention; the same seed gives the same mask (the module docstring
+            gives the rule).
         bf16: run the model under bf16 autocast (less memory and, on CPUs with AVX-512 BF16 or GPUs,
             less time; probabilities differ from float32 by about 1e-2).
         existence_threshold: with an existence head, masks are empty when the probability that the
@@ -129,6 +118,8 @@ class Predictor:
     Example:
         >>> predictor = Predictor(boltzformer.load_checkpoint("run/last.ckpt"))
         >>> mask = predictor.predict(image, "lung nodule in CT scan")  # (H, W) bool
+        >>> predictor.set_image_batch([a, b])  # encoded once
+        >>> passes = predictor.predict_batch(["nodule", "cyst"], samples=4)  # one prompt per image
     """
 
     def __init__(
@@ -158,64 +149,182 @@ class Predictor:
         self.seed = seed
         self.bf16 = bf16
         self.window_overlap = window_overlap
-        self._image: Tensor | None = None  # native-resolution mode: the image, (3, H, W) 0-255
-        self._features: ImageFeatures | None = None
-        self._geometry: Geometry | None = None
+        self._images: list[Tensor] | None = None  # native-resolution mode: the images, (3, H, W) 0-255
+        self._features: ImageFeatures | None = None  # B images encoded at once
+        self._geometries: list[Geometry] = []
 
-    def _generator(self, offset: int = 0) -> torch.Generator:
-        return torch.Generator(device=self.model.device).manual_seed(self.seed + offset)
+    def generators(self, samples: int = 1) -> list[torch.Generator]:
+        """Fresh generators of K = ``samples`` passes: pass k's is seeded ``seed + k`` (the seeding rule)."""
+        return [torch.Generator(device=self.model.device).manual_seed(self.seed + k) for k in range(samples)]
 
     def _autocast(self):
-        return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
 
     @property
     def has_existence(self) -> bool:
         """Whether the model has an existence head (it then says if the target is in the image)."""
-        return getattr(self.model.decoder, "existence", None) is not None
+        return getattr(getattr(self.model, "decoder", None), "existence", None) is not None
+
+    @property
+    def num_images(self) -> int:
+        """How many images the last :meth:`set_image_batch` set (0: none yet)."""
+        return len(self._geometries)
+
+    # ------------------------------------------------------------------------------------ images
 
     @torch.inference_mode()
-    def set_image(self, image: np.ndarray) -> None:
-        """Encode an image (H, W) or (H, W, 3); 8-bit values are used as they are. In native-resolution
-        mode (``window_overlap``) the image is kept and its windows are encoded when a prompt comes."""
+    def set_image_batch(self, images: Sequence[np.ndarray | Tensor]) -> None:
+        """Encode a batch of images once and keep the features for any number of prompts.
+
+        Args:
+            images: numpy (H, W) or (H, W, 3) (8-bit values are used as they are; other ranges are scaled
+                to 0-255), or tensors (3, H, W) with values 0-255; sizes may differ. In native-resolution
+                mode (``window_overlap``) the images are kept and their windows are encoded when a prompt comes.
+        """
+        if len(images) == 0:
+            raise ValueError("images must hold at least one image")
+        tensors = [self._as_tensor(img, i) for i, img in enumerate(images)]
         if self.window_overlap is not None:
-            self._image = image_to_tensor(image)
-            self._features, self._geometry = None, Geometry(*self._image.shape[-2:], self.image_size)
+            self._images, self._features = tensors, None
+            self._geometries = [Geometry(*t.shape[-2:], self.image_size) for t in tensors]
             return
-        tensor, geom = to_model_input(image_to_tensor(image), self.image_size, center=pads_center(self.model))
+        inputs, geoms = zip(*(to_model_input(t, self.image_size, center=pads_center(self.model)) for t in tensors))
         with self._autocast():
-            self._features = self.model.encode_image(tensor[None].to(self.model.device))
-        self._geometry = geom
+            self._features = self.model.encode_image(torch.stack(inputs).to(self.model.device))
+        self._images, self._geometries = None, list(geoms)
+
+    @staticmethod
+    def _as_tensor(image: np.ndarray | Tensor, i: int) -> Tensor:
+        if isinstance(image, Tensor):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"images[{i}] must be a (3, H, W) tensor with values 0-255, got shape {tuple(image.shape)}")
+            return image
+        return image_to_tensor(image)
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode one image (H, W) or (H, W, 3) for the single-image methods (:meth:`segment`, ...)."""
+        self.set_image_batch([image])
 
     def _use_image(self, image: np.ndarray | None) -> None:
         if image is not None:
             self.set_image(image)
-        if (self._features is None and self._image is None) or self._geometry is None:
+        if not self._geometries:
             raise RuntimeError("no image: call set_image(image) first or pass image=...")
+        if len(self._geometries) != 1:
+            raise RuntimeError(f"{len(self._geometries)} images are set (set_image_batch): use predict_batch, "
+                               "or call set_image(image) or pass image=... for one image")
+
+    # ----------------------------------------------------------------------------------- decoding
 
     @torch.inference_mode()
-    def _decode(self, prompt: str, offset: int = 0) -> tuple[Tensor, float | None]:
-        """(probability map (H, W) on the input's grid, existence probability or None) for one pass."""
-        if self.window_overlap is not None:
-            assert self._image is not None
-            with self._autocast():
-                probs, exist = window_passes(self.model, self._image, prompt, window=self.image_size,
-                                             overlap=self.window_overlap, generators=[self._generator(offset)])
-            return probs[0], None if exist is None else float(exist[0])
-        assert self._features is not None and self._geometry is not None
+    def predict_batch(
+        self, prompts: Sequence[str], *, samples: int = 1, generators: Sequence[torch.Generator | None] | None = None
+    ) -> list[Passes]:
+        """K sampled passes of one prompt per image of the last :meth:`set_image_batch`, not gated.
+
+        Args:
+            prompts: one per image, in order.
+            samples: K; pass k draws from a generator seeded ``seed + k``.
+            generators: the K generators to draw from instead (K = their number): a run over several
+                batches passes the same ones to every batch, so that they carry on.
+
+        Returns:
+            One :class:`~boltzformer.predict.results.Passes` per image: (K, H_i, W_i) probabilities on its
+            own grid, and (K,) existence probabilities (None without an existence head);
+            :func:`~boltzformer.predict.results.summarize` turns it into a mask.
+        """
+        if not self._geometries:
+            raise RuntimeError("no image: call set_image_batch(images) or set_image(image) first")
+        prompts = check_prompts(list(prompts), name="prompt")
+        if len(prompts) != len(self._geometries):
+            raise ValueError(f"prompts must hold one prompt per image: {len(self._geometries)} images are set, "
+                             f"got {len(prompts)} prompts")
+        if generators is None:
+            if not isinstance(samples, int) or samples < 1:
+                raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+            generators = self.generators(samples)
+        if self._images is not None:  # native resolution: the window slides over each image
+            runs = []
+            for image, prompt in zip(self._images, prompts):
+                with self._autocast():
+                    probs, exist = window_passes(self.model, image, prompt, window=self.image_size,
+                                                 overlap=self.window_overlap, generators=generators)  # type: ignore[arg-type]
+                runs.append(Passes(prompt, probs, exist))
+            return runs
+        assert self._features is not None
         with self._autocast():
-            out = self.model.decode(self._features, [prompt], generator=self._generator(offset))
-        prob = from_model_output(out.logits[0, 0].float(), self._geometry).sigmoid()
-        existence = None if out.existence_logits is None else float(out.existence_logits[0].float().sigmoid())
-        return prob, existence
+            outs = [self.model.decode(self._features, prompts, generator=g) for g in generators]
+        logits = torch.stack([o.logits.float() for o in outs], 1)[:, :, 0]  # K x (B, 1, h, w) -> B x K x h x w
+        existence = None
+        if getattr(outs[0], "existence_logits", None) is not None:
+            existence = torch.stack([o.existence_logits.float() for o in outs], 1).sigmoid().cpu()  # K x (B,) -> B x K
+        return [Passes(prompt, from_model_output(lg, geom).sigmoid().cpu(), None if existence is None else existence[i])
+                for i, (prompt, lg, geom) in enumerate(zip(prompts, logits, self._geometries))]
+
+    @torch.inference_mode()
+    def model_output(self, prompt: str, *, return_sampling: bool = False) -> tuple[BoltzFormerOutput, Geometry]:
+        """The model's own output for ``prompt`` on the one image set last (the first pass's generator),
+        with the :class:`~boltzformer.io.transforms.Geometry` that maps it back to the image: the
+        per-layer sampling maps (:mod:`.explain`) read it from the cached features."""
+        self._use_image(None)
+        if self._features is None:
+            raise RuntimeError("model_output needs the whole image encoded: not available with window_overlap")
+        check_prompts([prompt], name="prompt")
+        with self._autocast():
+            out = self.model.decode(self._features, [prompt], generator=self.generators(1)[0], return_sampling=return_sampling)
+        return out, self._geometries[0]
+
+    # --------------------------------------------------------------------------- one image, volumes
+
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray | None, prompts: str | Sequence[str], *, samples: int = 1) -> list[Prediction]:
+        """Segment every prompt's target in one image, encoded once (the decoder runs per prompt, each
+        with fresh generators, so a prompt's mask does not depend on the others).
+
+        Args:
+            image: (H, W) or (H, W, 3); None: the image of the last :meth:`set_image`.
+            prompts: one prompt or several.
+            samples: K > 1 adds the uncertainty of K sampling passes (mean, std, agreement).
+
+        Returns:
+            One :class:`~boltzformer.predict.results.Prediction` per prompt, in order.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        check_prompts(prompts, name="prompt")
+        self._use_image(image)
+        return [summarize(self.predict_batch([prompt], samples=samples)[0], threshold=self.threshold,
+                          existence_threshold=self.existence_threshold) for prompt in prompts]
+
+    def segment_volume(
+        self,
+        volume: np.ndarray,
+        prompts: Sequence[str],
+        *,
+        context: str | None = None,
+        batch_size: int = 8,
+        samples: int = 1,
+        overlap: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[VolumePrediction]:
+        """Every prompt in every slice of a (D, H, W) uint8 volume, ``batch_size`` slices encoded at once,
+        optionally 2.5D; see :func:`boltzformer.predict.volumes.segment_volume` for the arguments."""
+        return volumes.segment_volume(self, volume, prompts, context=context, batch_size=batch_size, samples=samples,
+                                      overlap=overlap, progress=progress)
+
+    def predict(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
+        """Binary mask (H, W) bool of the target ``prompt`` names; ``image=None`` reuses the last one.
+        Empty when the model's existence head says the target is absent."""
+        return self.segment(image, [prompt])[0].mask
 
     @torch.inference_mode()
     def predict_proba(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
-        """Probability map (H, W) float32 of the target ``prompt`` names in ``image`` (None: the
-        image given to :meth:`set_image` last, encoded once for any number of prompts). The map is
-        not gated by the existence head; :meth:`predict` and :meth:`segment` are."""
+        """Probability map (H, W) float32 of the target ``prompt`` names in ``image`` (None: the image
+        given to :meth:`set_image` last). Not gated by the existence head; :meth:`predict` and
+        :meth:`segment` are."""
         self._use_image(image)
-        check_prompts([prompt], name="prompt")
-        return self._decode(prompt)[0].cpu().numpy()
+        return self.predict_batch([prompt])[0].probabilities[0].numpy()
 
     @torch.inference_mode()
     def existence_probability(self, prompt: str, image: np.ndarray | None = None) -> float | None:
@@ -223,82 +332,15 @@ class Predictor:
         if not self.has_existence:
             return None
         self._use_image(image)
-        check_prompts([prompt], name="prompt")
-        return self._decode(prompt)[1]
+        existence = self.predict_batch([prompt])[0].existence
+        return None if existence is None else float(existence[0])
 
-    @torch.inference_mode()
-    def predict_samples(self, image: np.ndarray | None, prompt: str, samples: int) -> dict[str, np.ndarray | float]:
-        """``samples`` stochastic passes with the sampling seeds ``seed, seed + 1, ...`` (the image is
-        encoded once) turned into a confidence measure.
-
-        Returns:
-            ``"mean"``: (H, W) mean probability; ``"std"``: (H, W) its pixel-wise standard deviation;
-            ``"mask"``: (H, W) bool, mean > threshold (empty when the mean existence probability is
-            below ``existence_threshold``); ``"agreement"``: mean pairwise Dice of the ``samples``
-            thresholded masks (1.0: every pass agrees; two empty masks agree); ``"existence"``: the
-            mean existence probability, or None without an existence head.
-        """
+    def predict_samples(self, image: np.ndarray | None, prompt: str, samples: int) -> dict[str, np.ndarray | float | None]:
+        """:meth:`segment` with K = ``samples`` >= 2 passes, as a dict (the form of earlier versions):
+        ``"mean"``, ``"std"``, ``"mask"``, ``"agreement"``, ``"existence"`` are the
+        :class:`~boltzformer.predict.results.Prediction`'s ``probability``, ``std``, ``mask``,
+        ``agreement`` and ``existence``."""
         if samples < 2:
             raise ValueError(f"samples must be >= 2 to measure agreement, got {samples}")
-        self._use_image(image)
-        check_prompts([prompt], name="prompt")
-        probs, existences = [], []
-        for k in range(samples):
-            prob, existence = self._decode(prompt, k)
-            probs.append(prob)
-            existences.append(existence)
-        stack = torch.stack(probs)  # K x H x W
-        masks = (stack > self.threshold).flatten(1).float()  # K x HW
-        inter = masks @ masks.T
-        sizes = masks.sum(1)
-        denom = sizes[:, None] + sizes[None, :]
-        dice = torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom))
-        pairs = ~torch.eye(samples, dtype=torch.bool)
-        mean = stack.mean(0)
-        existence = None if existences[0] is None else float(np.mean(existences))
-        mask = (mean > self.threshold).cpu().numpy()
-        if existence is not None and existence < self.existence_threshold:
-            mask = np.zeros_like(mask)
-        return {
-            "mean": mean.cpu().numpy(),
-            "std": stack.std(0, unbiased=False).cpu().numpy(),
-            "mask": mask,
-            "agreement": float(dice[pairs].mean()),
-            "existence": existence,
-        }
-
-    @torch.inference_mode()
-    def segment(self, image: np.ndarray | None, prompts: str | Sequence[str], *, samples: int = 1) -> list[Prediction]:
-        """Segment every prompt's target in one image, encoded once (the decoder runs per prompt, each
-        with the predictor's seed, so a prompt's mask does not depend on the others).
-
-        Args:
-            image: (H, W) or (H, W, 3); None: the image of the last :meth:`set_image`.
-            prompts: one prompt or several.
-            samples: K > 1 adds the uncertainty of K sampling passes (see :meth:`predict_samples`).
-
-        Returns:
-            One :class:`Prediction` per prompt, in order.
-        """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        check_prompts(prompts, name="prompt")
-        self._use_image(image)
-        results = []
-        for prompt in prompts:
-            if samples > 1:
-                s = self.predict_samples(None, prompt, samples)
-                results.append(
-                    Prediction(prompt, s["mean"], s["mask"], s["existence"], s["std"], s["agreement"])  # type: ignore[arg-type]
-                )
-                continue
-            prob, existence = self._decode(prompt)
-            mask = (prob > self.threshold).cpu().numpy()
-            if existence is not None and existence < self.existence_threshold:
-                mask = np.zeros_like(mask)
-            results.append(Prediction(prompt, prob.cpu().numpy(), mask, existence))
-        return results
-
-    def predict(self, image: np.ndarray | None, prompt: str) -> np.ndarray:
-        """Binary mask (H, W) bool of the target ``prompt`` names; ``image=None`` reuses the last one.
-        Empty when the model's existence head says the target is absent."""
-        return self.segment(image, [prompt])[0].mask
+        r = self.segment(image, [prompt], samples=samples)[0]
+        return {"mean": r.probability, "std": r.std, "mask": r.mask, "agreement": r.agreement, "existence": r.existence}

@@ -1,6 +1,7 @@
 """What the decoder looked at: per-layer Boltzmann distributions and sampled tokens over the image.
 
-For one image and prompt, each decoder layer's sampling distribution (summed over queries and
+For one image and prompt, as the :class:`~boltzformer.predict.engine.Predictor` encoded it (its cached
+features are reused, not encoded again), each decoder layer's sampling distribution (summed over queries and
 heads) and the tokens it attended to (how many query-head pairs drew each token), at the layer's
 own resolution, with the layer's temperature. :func:`save_sampling_grid` draws them as a PNG grid
 (one row per layer: distribution | sampled tokens, over the image), in the spirit of the paper's
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from boltzformer.model import BoltzFormer
-from boltzformer.model.text import check_prompts
-from boltzformer.io.transforms import from_model_output, image_to_tensor, pads_center, to_model_input
+from boltzformer.io.transforms import from_model_output, image_to_tensor, to_model_input
+from boltzformer.predict.engine import Predictor
+from boltzformer.predict.visualize import heat_colors
 
 __all__ = ["SamplingMaps", "sampling_maps", "save_sampling_grid"]
 
@@ -44,12 +45,13 @@ class SamplingMaps:
 
 
 @torch.inference_mode()
-def sampling_maps(model: BoltzFormer, image: np.ndarray, prompt: str, *, seed: int = 0) -> SamplingMaps:
-    """Run one prediction and collect every layer's sampling distribution and attended tokens."""
-    check_prompts([prompt], name="prompt")
-    tensor, geom = to_model_input(image_to_tensor(image), model.config.image_size, center=pads_center(model))
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    out = model(tensor[None].to(model.device), [prompt], generator=generator, return_sampling=True)
+def sampling_maps(predictor: Predictor, image: np.ndarray | None, prompt: str) -> SamplingMaps:
+    """Run one prediction (the predictor's seed) and collect every layer's sampling distribution and
+    attended tokens. ``image=None`` reuses the image the predictor encoded last (:meth:`Predictor.set_image`)."""
+    if image is not None:
+        predictor.set_image(image)
+    out, geom = predictor.model_output(prompt, return_sampling=True)
+    model = predictor.model
     dists, sampled, temps = [], [], []
     for layer in out.sampling:
         h, w = layer.size
@@ -67,11 +69,11 @@ def sampling_maps(model: BoltzFormer, image: np.ndarray, prompt: str, *, seed: i
 
 
 def _heat(values: np.ndarray, size: int) -> np.ndarray:
-    """Values (h, w) -> an RGB heat map (size, size, 3), black-red-yellow-white, nearest upsampling."""
+    """Values (h, w), min-max scaled -> the heat map (:func:`~boltzformer.predict.visualize.heat_colors`)
+    as (size, size, 3) float32, nearest upsampling."""
     v = values.astype(np.float64)
     v = (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros_like(v)
-    rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
-    img = Image.fromarray((rgb * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+    img = Image.fromarray(heat_colors(v).astype(np.uint8)).resize((size, size), Image.NEAREST)
     return np.asarray(img, dtype=np.float32)
 
 

@@ -1,12 +1,14 @@
 """Files in, masks out: images and volumes, many prompts, whole folders, resumable.
 
-- :func:`segment_volume`: a (D, H, W) uint8 volume, slice by slice in batches (each slice encoded
-  once for all prompts), optionally 2.5D (neighbouring slices as channels) -> one mask per prompt.
 - :func:`segment_file`: any file :func:`~boltzformer.io.medical.load_image` reads -> intensities
-  normalised as the modality / prompt / window say -> :class:`FileResult`.
+  normalised as the modality / prompt / window say -> the :class:`~boltzformer.predict.engine.Predictor`
+  (one image, or a volume slice by slice) -> :class:`FileResult`.
+- :func:`segment_volume`: a (D, H, W) uint8 volume through the Predictor (each batch of slices encoded
+  once for all prompts, optionally 2.5D) -> one mask per prompt.
 - :func:`run_batch`: a file or a folder of them, every prompt; writes one mask per (file, prompt)
-  atomically beside a small JSON record, skips the pairs whose outputs are already complete (so an
-  interrupted run resumes), and reports a bad file and goes on with the others.
+  with the one writer (:func:`~boltzformer.predict.outputs.write_prediction`) beside a small JSON record,
+  skips the pairs whose outputs are already complete (so an interrupted run resumes), and reports a bad
+  file and goes on with the others.
 
 Output layout of :func:`run_batch` in ``out``: ``<input name>/<prompt slug>.png`` (2D; plus
 ``_overlay.png`` and ``_lesions.json``) or ``<prompt slug>.nii.gz`` (volumes, in the input's geometry),
@@ -15,38 +17,33 @@ and ``<prompt slug>.json`` (the record, written last), then ``summary.json`` for
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import numpy as np
-import torch
 
+from boltzformer.config import config_to_dict
+from boltzformer.io.atomic import write_json_atomic
+from boltzformer.io.images import DataError
+from boltzformer.io.medical import _is_dicom_file, check_segmentable, load_image
+from boltzformer.io.windows import intensity_plan, to_uint8
 from boltzformer.model import BoltzFormer
 from boltzformer.model.text import check_prompts
-from boltzformer.io.transforms import from_model_output, image_to_tensor, pads_center, to_model_input
+from boltzformer.predict.engine import Predictor
+from boltzformer.predict.outputs import prompt_slug, write_prediction
+from boltzformer.predict.results import Prediction, VolumePrediction
+from boltzformer.provenance import differences, file_sha256, made_by, tree_fingerprint
 
 __all__ = ["FileResult", "PromptResult", "SummaryRow", "find_inputs", "prompt_slug", "run_batch", "segment_file", "segment_volume", "summary_table"]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".dicom")
 
-
-@dataclass
-class PromptResult:
-    """One prompt on one image or volume, on the input's own grid (``array`` order of the image).
-
-    ``mask``: bool (H, W) or (D, H, W); ``probability``: float32 of the same shape;
-    ``existence``: per slice (D,) for volumes, one value for 2D, None without an existence head."""
-
-    prompt: str
-    mask: np.ndarray
-    probability: np.ndarray
-    existence: np.ndarray | float | None = None
+#: one prompt on one file: a :class:`Prediction` (2D) or a :class:`VolumePrediction`, on the input's own grid
+PromptResult = Union[Prediction, VolumePrediction]
 
 
 @dataclass
@@ -74,14 +71,6 @@ class SummaryRow:
     error: str | None = None
 
 
-def prompt_slug(prompt: str) -> str:
-    """A file-name-safe name for a prompt: ``"Lung nodule in CT"`` -> ``"lung_nodule_in_ct_<6 hex>"``."""
-    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60]
-    digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:6]
-    return f"{slug or 'prompt'}_{digest}"  # the digest keeps prompts that differ in punctuation apart
-
-
-@torch.inference_mode()
 def segment_volume(
     model: BoltzFormer,
     volume: np.ndarray,
@@ -96,90 +85,15 @@ def segment_volume(
     overlap: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     window_overlap: float | None = None,
-) -> list[PromptResult]:
-    """Segment every prompt in every slice of a (D, H, W) uint8 volume.
-
-    Slices go through the image encoder ``batch_size`` at a time, once for all prompts; the decoder
-    runs per prompt on the batch. The sampled attention of batch ``b`` and prompt ``p`` draws from a
-    generator seeded with ``(seed, b, p)``, so the same seed and batch size give the same masks.
-    With an existence head, the slices where the target is judged absent get an empty mask.
-
-    Args:
-        context: ``"2d"`` or ``"2.5d"`` (RGB = slice, previous, next; see
-            :func:`~boltzformer.io.windows.volume_slices`); None: the model's ``volume_context``
-            (``"2.5d"`` for ``biomedparse-v2``).
-        overlap: several prompts: ``"independent"`` masks, or ``"nms"``: one label per voxel
-            (:func:`~boltzformer.predict.overlap.exclusive_masks`: per-slice NMS across prompts at IoU 0.5, then
-            the most probable prompt above ``threshold``); None: the model's ``prompt_overlap``
-            (``"nms"`` for ``biomedparse-v2``).
-        progress: called with (slices done, slices) after each batch.
-        window_overlap: native resolution: each slice keeps its size and the model's input window slides
-            over it (:func:`~boltzformer.predict.window_passes`, generator seeded with ``(seed, slice, p)``).
-    """
-    from boltzformer.io.windows import volume_slices
-    from boltzformer.predict.overlap import exclusive_masks
-
-    if volume.ndim != 3 or volume.dtype != np.uint8:
-        raise ValueError(f"volume must be a (D, H, W) uint8 array, got {volume.dtype} {volume.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    prompts = check_prompts(prompts, name="prompt")
-    cfg = model.config
-    context = context or (cfg.volume_context if cfg is not None else "2d")
-    overlap = overlap or (cfg.prompt_overlap if cfg is not None else "independent")
-    if overlap not in ("independent", "nms"):
-        raise ValueError(f"overlap must be 'independent' or 'nms', got {overlap!r}")
-    size = image_size or (cfg.image_size if cfg is not None else 256)
-    slices = volume_slices(volume, context=context)
-    D, H, W = volume.shape
-    model.eval()
-    probs = np.zeros((len(prompts), D, H, W), dtype=np.float32)
-    existence = np.ones((len(prompts), D), dtype=np.float32) if model.decoder.existence is not None else None
-    for b, start in enumerate(range(0, D, batch_size)):
-        idx = range(start, min(D, start + batch_size))
-        if window_overlap is not None:
-            from boltzformer.predict.engine import window_passes
-
-            for d in idx:
-                for p, prompt in enumerate(prompts):
-                    generator = torch.Generator(device=model.device).manual_seed(_mix(seed, d, p))
-                    prob_t, exist = window_passes(model, image_to_tensor(slices[d]), prompt, window=size,
-                                                  overlap=window_overlap, generators=[generator])
-                    probs[p, d] = prob_t[0].numpy()
-                    if existence is not None and exist is not None:
-                        existence[p, d] = float(exist[0])
-            if progress is not None:
-                progress(idx[-1] + 1, D)
-            continue
-        inputs, geoms = zip(*(to_model_input(image_to_tensor(slices[d]), size, center=pads_center(model)) for d in idx))
-        features = model.encode_image(torch.stack(inputs).to(model.device))
-        for p, prompt in enumerate(prompts):
-            generator = torch.Generator(device=model.device).manual_seed(_mix(seed, b, p))
-            out = model.decode(features, [prompt] * len(idx), generator=generator)
-            prob = from_model_output(out.logits[:, 0].float(), geoms[0]).sigmoid().cpu().numpy()
-            probs[p, start : start + len(idx)] = prob
-            if existence is not None:
-                existence[p, start : start + len(idx)] = out.existence_logits.float().sigmoid().cpu().numpy()
-        if progress is not None:
-            progress(idx[-1] + 1, D)
-    if overlap == "nms" and len(prompts) > 1:
-        # without an existence head, a prompt's score on a slice is its largest probability there
-        scores = existence if existence is not None else probs.max(axis=(2, 3))
-        masks = exclusive_masks(torch.from_numpy(probs), torch.from_numpy(scores), threshold=threshold,
-                                existence_threshold=existence_threshold).numpy()
-    else:
-        masks = probs > threshold
-        if existence is not None:
-            masks &= (existence >= existence_threshold)[:, :, None, None]
-    results = []
-    for p, prompt in enumerate(prompts):
-        mask = masks[p]
-        results.append(PromptResult(prompt, mask, probs[p], None if existence is None else existence[p]))
-    return results
-
-
-def _mix(*values: int) -> int:
-    return int.from_bytes(hashlib.sha256(repr(values).encode()).digest()[:8], "little") & ((1 << 63) - 1)
+) -> list[VolumePrediction]:
+    """Segment every prompt in every slice of a (D, H, W) uint8 volume: a :class:`Predictor` with these
+    settings, then :meth:`Predictor.segment_volume` (see :mod:`boltzformer.predict.volumes` for
+    ``context``, ``batch_size``, ``overlap`` and ``progress``). With an existence head, the slices where
+    the target is judged absent get an empty mask."""
+    predictor = Predictor(model, image_size=image_size, threshold=threshold, seed=seed,
+                          existence_threshold=existence_threshold, window_overlap=window_overlap)
+    return predictor.segment_volume(volume, prompts, context=context, batch_size=batch_size, overlap=overlap,
+                                    progress=progress)
 
 
 def segment_file(
@@ -209,35 +123,26 @@ def segment_file(
     Raises:
         DataError: the file cannot be read (the message names it).
     """
-    from boltzformer.io.medical import load_image
-    from boltzformer.io.medical import check_segmentable
-    from boltzformer.io.windows import intensity_plan, to_uint8
-    from boltzformer.predict.engine import Predictor
-
     prompts = check_prompts(prompts, name="prompt")
     t0 = time.perf_counter()
     image = load_image(path, modality=modality, axis=axis, series_uid=series_uid)
     check_segmentable(image)
     plan = intensity_plan(image, window=window, prompt=prompts[0])
     display = to_uint8(image, window=window, prompt=prompts[0])
+    predictor = Predictor(model, threshold=threshold, seed=seed, existence_threshold=existence_threshold,
+                          window_overlap=window_overlap)
+    results: list[PromptResult]
     if image.is_volume:
-        results = segment_volume(
-            model, display, prompts, context=context, batch_size=batch_size, seed=seed, threshold=threshold,
-            existence_threshold=existence_threshold, overlap=overlap, progress=progress, window_overlap=window_overlap,
-        )
+        results = list(predictor.segment_volume(display, prompts, context=context, batch_size=batch_size, overlap=overlap,
+                                                progress=progress))
     else:
-        predictor = Predictor(model, threshold=threshold, seed=seed, existence_threshold=existence_threshold,
-                              window_overlap=window_overlap)
-        results = [PromptResult(r.prompt, r.mask, r.probability, r.existence) for r in predictor.segment(display, prompts)]
+        results = list(predictor.segment(display, prompts))
     return FileResult(image=image, display=display, results=results, seconds=time.perf_counter() - t0, intensity=plan)
 
 
 def find_inputs(path: str | Path) -> list[Path]:
     """The inputs under ``path``: the file itself, a DICOM series folder, or every image file and
     sub-folder (a DICOM series each) of a folder, sorted. Hidden entries are ignored."""
-    from boltzformer.io.images import DataError
-    from boltzformer.io.medical import _is_dicom_file
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"--input {path} does not exist")
@@ -261,12 +166,6 @@ def _input_name(path: Path) -> str:
     return name
 
 
-def _sha256(path: Path) -> str:
-    from boltzformer.provenance import file_sha256
-
-    return file_sha256(path)
-
-
 # the options of segment_file that change a mask, and the inputs they apply to (see _settings)
 MASK_SETTINGS = ("seed", "threshold", "existence_threshold", "modality", "window", "axis", "context", "batch_size", "series_uid",
                  "overlap", "window_overlap")
@@ -276,8 +175,6 @@ def _settings(options: dict, *, volume: bool, eight_bit: bool, physical: bool) -
     """The options that change this input's masks, JSON-normalised: the intensity options only where
     the intensities are not used as stored (8-bit files are), ``modality`` only where it can make them
     Hounsfield units (NIfTI, DICOM), the slicing options only for volumes."""
-    import json
-
     keys = ["seed", "threshold", "existence_threshold", "window_overlap"]
     if not eight_bit:
         keys += ["modality", "window"] if physical else ["window"]
@@ -298,15 +195,13 @@ def _complete_record(record_path: Path) -> dict | None:
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         mask = record_path.parent / record["output"]
-        return record if mask.is_file() and _sha256(mask) == record["sha256"] else None
+        return record if mask.is_file() and file_sha256(mask) == record["sha256"] else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _stale(record: dict, path: Path, model_by: dict, options: dict) -> list[str]:
     """Why a complete record is not what this run would write (empty: it is)."""
-    from boltzformer.provenance import differences, tree_fingerprint
-
     source = record.get("source") or {}
     if "kind" not in source:
         return ["no provenance"]
@@ -314,49 +209,6 @@ def _stale(record: dict, path: Path, model_by: dict, options: dict) -> list[str]
         return ["input file changed"]
     current = dict(model_by, settings=_settings(options, **source["kind"]))
     return differences(record.get("made_by"), current)
-
-
-def _write_outputs(file_result: FileResult, r: PromptResult, folder: Path, slug: str) -> tuple[Path, dict]:
-    from PIL import Image
-
-    from boltzformer.io.atomic import atomic_paths, write_json_atomic
-    from boltzformer.io.medical import write_mask
-    from boltzformer.predict.lesions import lesions
-    from boltzformer.predict.visualize import overlay
-
-    image = file_result.image
-    spacing = image.spacing  # type: ignore[attr-defined]
-    if image.is_volume:  # type: ignore[attr-defined]
-        out = write_mask(r.mask, image, folder / f"{slug}.nii.gz")  # type: ignore[arg-type]
-        voxel = float(np.prod(spacing)) if spacing else None
-        exist = None if r.existence is None else float(np.max(r.existence))
-        extra = {"slices_with_target": int(r.mask.any(axis=(1, 2)).sum())}
-        area_mm = float(r.mask.sum()) * voxel if voxel else None
-    else:
-        out = folder / f"{slug}.png"
-        with atomic_paths(out, folder / f"{slug}_overlay.png") as (tmp_mask, tmp_overlay):
-            Image.fromarray(r.mask.astype(np.uint8) * 255).save(tmp_mask, format="PNG")
-            overlay(file_result.display, r.mask, label=r.prompt).save(tmp_overlay, format="PNG")
-        pixel = tuple(spacing[:2]) if spacing else None
-        found = lesions(r.mask, probability=r.probability, spacing=pixel)
-        write_json_atomic([x.to_dict() for x in found], folder / f"{slug}_lesions.json")
-        exist = None if r.existence is None else float(r.existence)  # type: ignore[arg-type]
-        extra = {"lesions": len(found)}
-        area_mm = float(r.mask.sum()) * pixel[0] * pixel[1] if pixel else None
-    record = {
-        "file": str(image.path),  # type: ignore[attr-defined]
-        "prompt": r.prompt,
-        "output": out.name,
-        "sha256": _sha256(out),
-        "present": bool(r.mask.any()),
-        "area_px": int(r.mask.sum()),
-        "area_mm": area_mm,
-        "existence": exist,
-        "max_probability": float(r.probability.max()) if r.probability.size else 0.0,
-        "intensity": file_result.intensity,
-        **extra,
-    }
-    return out, record
 
 
 def run_batch(
@@ -379,11 +231,6 @@ def run_batch(
     many and why. ``force`` redoes every pair. A file that cannot be read is reported (``log``) and
     recorded as "error"; the others go on. ``options`` are :func:`segment_file`'s.
     """
-    from boltzformer.io.atomic import write_json_atomic
-    from boltzformer.config import config_to_dict
-    from boltzformer.io.images import DataError
-    from boltzformer.provenance import made_by, tree_fingerprint
-
     prompts = check_prompts(prompts, name="--prompt")
     out = Path(out)
     model_by = made_by(checkpoint, config_to_dict(model.config) if model.config is not None else None, {})
@@ -425,11 +272,12 @@ def run_batch(
         per_prompt = result.seconds / len(todo)
         for r in result.results:
             slug = prompt_slug(r.prompt)
-            written, record = _write_outputs(result, r, folder, slug)
-            record.update(seconds=per_prompt, made_by=by, source=source)
+            suffix = ".nii.gz" if result.image.is_volume else ".png"  # type: ignore[attr-defined]
+            written = write_prediction(r, result.image, result.display, folder / f"{slug}{suffix}")  # type: ignore[arg-type]
+            record = dict(written.record, intensity=result.intensity, seconds=per_prompt, made_by=by, source=source)
             write_json_atomic(record, folder / f"{slug}.json")  # last: marks the pair complete
             rows.append(SummaryRow(str(path), r.prompt, "done", record["present"], record["area_px"], record["area_mm"],
-                                   record["existence"], per_prompt, str(written)))
+                                   record["existence"], per_prompt, str(written.mask)))
         log(f"[{i}/{len(inputs)}] {path.name}: {len(todo)} done in {result.seconds:.1f} s"
             + (f", {len(prompts) - len(todo)} skipped" if len(todo) < len(prompts) else ""))
     if force:

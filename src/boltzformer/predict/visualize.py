@@ -1,11 +1,11 @@
-"""Overlays and example panels (Pillow and numpy only)."""
+"""Overlays, example panels and the heat map (Pillow and numpy only)."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["overlay", "panel"]
+__all__ = ["heat_colors", "overlay", "panel", "uncertainty_image"]
 
 RED = (255, 40, 40)
 GREEN = (40, 220, 40)
@@ -59,3 +59,17 @@ def panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray, caption: str)
         out.paste(t, (i * w, 14))
     ImageDraw.Draw(out).text((2, 1), caption[:120], fill=(255, 255, 255))
     return out
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (H, W) (clipped) -> RGB (H, W, 3) in 0-255, black-red-yellow-white, in the
+    values' float dtype: the one heat map (sampling maps, uncertainty)."""
+    v = np.clip(values, 0, 1)[..., None]
+    return np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], -1) * 255
+
+
+def uncertainty_image(image: np.ndarray, std: np.ndarray) -> Image.Image:
+    """The standard deviation of K passes as a heat map (0 black -> 0.5 white) over the dimmed image."""
+    grey = image.astype(np.float32) if image.ndim == 2 else image[..., :3].astype(np.float32).mean(-1)
+    out = 0.35 * grey[..., None] + 0.65 * heat_colors(std / 0.5)
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))

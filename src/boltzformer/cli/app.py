@@ -1,0 +1,22 @@
+"""``boltzformer app``: the browser page (gradio, offline) on a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_app_parser", "cmd_app"]
+
+
+def add_app_parser(sub) -> None:
+    """``app``: serve the browser page."""
+    p = sub.add_parser("app", help="a browser page to segment uploaded images and volumes (gradio, offline)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--port", type=int, default=None, help="default: the first free port from 7860")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import boltzformer.app
+
+    boltzformer.app.serve(args.checkpoint, host=args.host, port=args.port)
+    return 0
