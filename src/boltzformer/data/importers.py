@@ -572,7 +572,12 @@ def _ct_window(targets: Sequence[str], site: str | None) -> str:
 
 
 def _case_rng(seed: int, case: str, label: str) -> np.random.Generator:
-    """A generator that depends on (seed, case, label) only, so that adding a case changes no other case's draws."""
+    """A generator that depends on (seed, case, label) only, so that adding a case changes no other case's draws.
+
+    Not ``numpy.random.SeedSequence``: the case and label are strings, which a SeedSequence cannot take
+    without hashing them first, and the imported datasets (which negative slices were kept) depend on
+    this exact stream; changing it would change every re-import and the results measured on them.
+    """
     digest = hashlib.sha256(f"{seed}\x00{case}\x00{label}".encode("utf-8")).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from boltzformer.evaluate import size_bucket
+from boltzformer.sizes import SIZE_BUCKETS, size_bucket
 
 __all__ = [
     "KINDS",
@@ -56,9 +56,6 @@ __all__ = [
 
 KINDS = ("nodule", "cyst", "calcification", "lesion", "vessel segment")
 
-# Size buckets by area fraction (mask pixels / image pixels): [low, high).
-SIZE_BUCKETS = {"tiny": (0.0, 0.001), "small": (0.001, 0.01), "large": (0.01, 1.0)}
-
 # Names a prompt may use for each kind; no name of one kind is contained in a name of another.
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "nodule": ("nodule", "pulmonary nodule", "round nodule"),
@@ -72,7 +69,7 @@ TEMPLATES = ("{t}", "{t} in synthetic CT scan", "segment the {t}", "the {t} in t
 # Fixed stream codes: changing them changes every item of the benchmark.
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
-_BUCKET_ORDER = ("tiny", "small", "large")  # target bucket of item i: _BUCKET_ORDER[i % 3]
+_BUCKET_ORDER = SIZE_BUCKETS  # target bucket of item i: _BUCKET_ORDER[i % 3] (smallest first)
 # Area fractions drawn (log-uniform) for objects of each bucket, inside the bucket with a margin.
 _AREA_RANGES = {"tiny": (0.00012, 0.00085), "small": (0.0012, 0.0085), "large": (0.012, 0.03)}
 _KIND_BUCKETS = {

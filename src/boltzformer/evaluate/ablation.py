@@ -113,6 +113,8 @@ def summarize_cells(cells: Sequence[dict[str, Any]], *, order: Sequence[str] = (
         for b in BUCKETS:
             ids = sorted(i for i in common if b == "all" or bucket_of[i] == b)
             if ids:
+                # seed + k (setting k's own resamples), not a SeedSequence spawn: the committed ablation
+                # summaries (docs/) were drawn with these seeds and would change
                 mean, lo, hi = bootstrap_ci(_matrix(per[name], seeds, ids), level=level, n_boot=n_boot, seed=seed + k)
                 row["dice"][b] = {"mean": mean, "lo": lo, "hi": hi, "n": len(ids)}
             if name != default and default in per:
