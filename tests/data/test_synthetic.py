@@ -123,6 +123,7 @@ def test_deterministic_across_instances_and_calls():
             assert first["prompt"] == item["prompt"] and first["id"] == item["id"]
 
 
+@pytest.mark.slow
 def test_deterministic_across_processes():
     item = SyntheticDataset("val", SyntheticConfig(image_size=64))[5]
     code = (

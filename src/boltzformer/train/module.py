@@ -35,7 +35,7 @@ def warmup_cosine_schedule(
     Step ``s`` < ``warmup_steps`` runs at ``lr * (s + 1) / warmup_steps`` (:class:`~torch.optim.lr_scheduler.LinearLR`);
     from ``warmup_steps`` on the rate follows a cosine from ``lr`` down to ``FINAL_LR_FRACTION * lr`` at
     ``max_steps``, where training stops (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`). The same rates
-    as the hand-written ``LambdaLR`` it replaced, step for step (``tests/train/test_schedule.py``).
+    as the hand-written ``LambdaLR`` it replaced, step for step (``tests/train/test_module.py``).
 
     Raises:
         ValueError: ``warmup_steps`` < 0, or ``max_steps`` < 1.

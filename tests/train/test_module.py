@@ -1,5 +1,7 @@
-"""The learning-rate schedule (PyTorch's LinearLR + CosineAnnealingLR in a SequentialLR) gives the rates of
-the hand-written warm-up + cosine ``LambdaLR`` it replaced, step for step; old checkpoints resume."""
+"""boltzformer.train.module: the learning-rate schedule (PyTorch's LinearLR + CosineAnnealingLR in a
+SequentialLR) gives the rates of the hand-written warm-up + cosine ``LambdaLR`` it replaced, step for step,
+and old checkpoints resume; ``val/dice`` (which chooses ``best.ckpt``) is the report's Dice of the mask the
+evaluator scores. The loss and training runs: test_training.py."""
 
 import math
 
@@ -9,6 +11,7 @@ import torch
 pytest.importorskip("lightning")
 
 from boltzformer.config import TrainConfig, get_preset  # noqa: E402
+from boltzformer.evaluate.metrics import dice_per_sample  # noqa: E402
 from boltzformer.train.module import BoltzFormerModule, warmup_cosine_schedule  # noqa: E402
 
 
@@ -73,3 +76,38 @@ def test_a_checkpoint_with_the_old_lambda_state_gets_the_new_state_at_the_same_s
     opt.step()
     old.step()
     assert new.get_last_lr()[0] == pytest.approx(old.get_last_lr()[0], rel=1e-12)
+
+
+def _val_dice(module, batch):
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)  # noqa: E731 (no trainer)
+    torch.manual_seed(1)  # the sampled attention draws from torch's global generator
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+    return logged["val/dice"]
+
+
+@pytest.mark.parametrize("existence", [False, True])
+def test_val_dice_is_the_reports_dice_of_the_scored_mask(existence):
+    torch.manual_seed(0)
+    module = BoltzFormerModule.create(get_preset("tiny", image_size=64, num_layers=2, num_queries=4, existence=existence),
+                                      TrainConfig()).eval()
+    mask = torch.zeros(3, 1, 64, 64)
+    mask[0, 0, 10:20, 10:20] = 1
+    mask[1, 0, 30:34, 40:50] = 1  # image 2: an empty target
+    batch = {"image": torch.rand(3, 3, 64, 64) * 255, "mask": mask, "prompt": ["nodule", "cyst", "lesion"],
+             "present": (mask.flatten(1).amax(1) > 0).float()}
+    torch.manual_seed(1)
+    with torch.no_grad():
+        out = module.model(batch["image"], batch["prompt"])
+    logits = torch.nn.functional.interpolate(out.logits, size=(64, 64), mode="bilinear", align_corners=False)
+    pred = logits > 0
+    if existence:
+        pred &= (torch.sigmoid(out.existence_logits) >= 0.5).view(3, 1, 1, 1)
+    expected = dice_per_sample(pred, mask >= 0.5).mean()
+    assert _val_dice(module, batch) == pytest.approx(float(expected), abs=1e-6)
+    if existence:  # the existence head says "absent" everywhere: every mask empty, Dice 1 on the empty target only
+        with torch.no_grad():
+            module.model.decoder.existence.classifier.weight.zero_()
+            module.model.decoder.existence.classifier.bias.fill_(-30.0)
+        assert _val_dice(module, batch) == pytest.approx(1 / 3)
