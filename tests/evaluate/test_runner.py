@@ -41,6 +41,7 @@ def test_predict_passes_are_the_single_passes_with_seeds_seed_to_seed_plus_k(tin
     assert not torch.equal(passes[0][0], passes[0][1])  # other seeds draw other attention sets
 
 
+@pytest.mark.slow
 def test_evaluate_model_with_k_samples_is_reproducible_and_records_agreement(tiny, synthetic):
     from boltzformer.evaluate import evaluate_model
 
