@@ -34,6 +34,7 @@ def test_the_table_has_at_least_40_kinds_of_input(reliability):
     assert set(SUBSET) <= set(names)
 
 
+@pytest.mark.slow
 def test_a_subset_of_the_reliability_cases_gives_the_expected_exit_codes(reliability, tmp_path):
     torch.manual_seed(0)
     model = boltzformer.build_model("tiny", image_size=64, num_layers=2, num_queries=4)

@@ -407,6 +407,7 @@ def test_shared_folder_datasets_validate(shared_data):
     assert summary.kind == "folder" and summary.n_pairs == len(meta["pairs"]) and summary.n_negative == 0
 
 
+@pytest.mark.slow
 def test_cli_import_then_train(tmp_path, capsys):
     from boltzformer.cli import main
 

@@ -123,6 +123,7 @@ def test_deterministic_across_instances_and_calls():
             assert first["prompt"] == item["prompt"] and first["id"] == item["id"]
 
 
+@pytest.mark.slow
 def test_deterministic_across_processes():
     item = SyntheticDataset("val", SyntheticConfig(image_size=64))[5]
     code = (
@@ -201,21 +202,7 @@ def test_other_sizes_keep_buckets_and_object_counts(image_size):
         assert sorted(item["kinds_present"].split(",")) == sorted(KINDS)
 
 
-# ---------------------------------------------------------------------------------------------- size buckets
-
-
-@pytest.mark.parametrize(
-    "fraction, bucket",
-    [(0.0, "tiny"), (0.000999, "tiny"), (0.001, "small"), (0.00999, "small"), (0.01, "large"), (1.0, "large")],
-)
-def test_size_bucket_boundaries(fraction, bucket):
-    assert size_bucket(fraction) == bucket
-
-
-@pytest.mark.parametrize("fraction", [-0.1, 1.5])
-def test_size_bucket_rejects_fractions_outside_unit_interval(fraction):
-    with pytest.raises(ValueError, match="area_fraction"):
-        size_bucket(fraction)
+# the size buckets themselves: tests/test_sizes.py (boltzformer.sizes, shared with evaluate)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from boltzformer.io import medical
+from boltzformer.io import formats
 from boltzformer.io.images import DataError, read_image
 from boltzformer.io.medical import MedicalImage, load_image, read_label, write_mask
 from boltzformer.io.windows import to_uint8
@@ -330,7 +330,7 @@ def test_tiff_whose_header_claims_a_huge_image(tmp_path):
 
 def test_tiff_stack_over_the_voxel_limit(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 4, 5), np.uint8), photometric="minisblack")
-    monkeypatch.setattr(medical, "MAX_VOXELS", 59)
+    monkeypatch.setattr(formats, "MAX_VOXELS", 59)  # the limit lives in boltzformer.io.formats
     with pytest.raises(DataError, match=r"stack\.tif has shape \(3, 4, 5\) = 60 voxels, over the limit .*MAX_VOXELS=59"):
         load_image(tmp_path / "stack.tif")
 

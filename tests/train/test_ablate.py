@@ -120,6 +120,7 @@ def test_resume_skips_finished_cells_and_redoes_damaged_ones(tmp_path, monkeypat
     assert run_grid(cells, tmp_path, log=lines.append) == {"finished": 5, "ran": 0} and ran == []
 
 
+@pytest.mark.slow
 def test_a_tiny_cell_is_reproduced_by_its_seed(tmp_path, capsys):
     import torch
 

@@ -29,6 +29,7 @@ def test_loss_is_dice_plus_bce_on_the_resized_prediction():
     assert loss(half, target[:1]).item() == pytest.approx(dice_term + bce.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_tiny_model_overfits_four_images():
     torch.manual_seed(0)
     ds = SyntheticDataset("train", SyntheticConfig(image_size=64, n_train=4))
@@ -49,6 +50,7 @@ def test_a_tiny_model_overfits_four_images():
     assert min(losses[-5:]) < losses[0] / 4, (losses[0], losses[-5:])
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -63,6 +65,7 @@ def test_two_process_cpu_ddp(tmp_path):
     assert boltzformer.load_checkpoint(out / "last.ckpt").config.image_size == 64
 
 
+@pytest.mark.slow
 def test_bf16_precision_trains(tmp_path):
     from boltzformer.cli import main
 
@@ -74,6 +77,7 @@ def test_bf16_precision_trains(tmp_path):
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_frozen_parts_keep_their_weights_and_the_rest_trains(tmp_path):
     from boltzformer.cli import main
 
@@ -152,6 +156,7 @@ def _folder(root, n=8, size=128):
     return root
 
 
+@pytest.mark.slow
 def test_native_patches_with_a_cached_frozen_encoder(tmp_path):
     """--patch-overlap trains on native patches; --feature-cache encodes each patch once and the model
     flips features; evaluation slides the same window over the native image."""
@@ -182,6 +187,7 @@ def test_native_patches_with_a_cached_frozen_encoder(tmp_path):
                  "--window-overlap", "1.5"]) == 2
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_asked_step_with_its_whole_metrics_history(tmp_path):
     """SIGKILL after the first time-based checkpoint, then --resume: the run ends at --max-steps and
     logs/metrics.csv holds every logged step once, the killed part included."""

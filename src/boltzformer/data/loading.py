@@ -84,6 +84,12 @@ class ModelInputDataset(Dataset):
     small brightness / contrast change. It draws from torch's global generator, which Lightning's
     ``seed_everything(workers=True)`` seeds in every worker, so a run is reproducible from its seed.
     ``augment="flips"`` does the flips only. ``center``: pad equally on both sides (``ModelConfig.pad``).
+
+    Why not MONAI's dictionary transforms (``RandFlipd``, ``RandSpatialCropd``, ``RandScaleIntensityd``...):
+    they draw from a NumPy ``RandomState`` of their own, not from torch's generator, so switching would
+    change the random stream of every training run (and the ablation cells measured with it); MONAI has no
+    crop that keeps the whole target box at a random scale either (``RandCropByPosNegLabeld`` centres on
+    one pixel). The crop, flips and intensity change below stay hand-written, in the order they draw.
     """
 
     def __init__(self, base: Dataset, image_size: int, *, augment: bool | str = False, min_crop: float = 0.6,

@@ -77,6 +77,11 @@ class PatchDataset(Dataset):
     Items: {"image": (3, size, size) 0-255, "mask": (1, size, size) 0/1, "prompt", "id", "present",
     "box": (top, left) of the patch in the image}. Images smaller than the patch are padded with zeros
     at the bottom and right, as :func:`~boltzformer.io.transforms.to_model_input` pads.
+
+    Why not MONAI's ``RandFlipd`` / ``RandSpatialCropd``: they draw from a NumPy ``RandomState`` of their
+    own, not from ``seed``'s torch generator or torch's global one, so the patches (and the native-resolution
+    runs of docs/results.md trained on them) would change; the patch grid and the target-covering choice
+    are not MONAI crops either.
     """
 
     def __init__(self, base: Dataset, size: int, *, step: int | None = None, target_fraction: float = 0.8,
@@ -121,6 +126,8 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.base[index]
+        # Item ``index``'s own stream. Not numpy's SeedSequence: the native-resolution models of
+        # docs/results.md were trained on the patches this seed mixing draws; a new mixing would change them.
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index) if self.seed is not None else None
         image, mask = s["image"], s["mask"]
         _, H, W = image.shape

@@ -32,7 +32,8 @@ Conventions:
 
 Model inference happens only in :func:`evaluate_model`; everything else takes binary masks.
 
-Modules: :mod:`~boltzformer.evaluate.metrics` (size buckets, mask checks, Dice), :mod:`~boltzformer.evaluate.detection`
+Modules: :mod:`~boltzformer.evaluate.metrics` (the one Dice, mask checks; the size buckets come from
+:mod:`boltzformer.sizes`), :mod:`~boltzformer.evaluate.detection`
 (lesions), :mod:`~boltzformer.evaluate.boundary` (HD95, NSD), :mod:`~boltzformer.evaluate.confidence` (agreement,
 AUROC, existence head), :mod:`~boltzformer.evaluate.records` (:class:`SampleRecord`, :func:`summarize`),
 :mod:`~boltzformer.evaluate.report` (:class:`SegmentationReport`, Markdown, files), :mod:`~boltzformer.evaluate.runner`

@@ -22,9 +22,10 @@ import numpy as np
 from boltzformer.io.atomic import atomic_paths, write_json_atomic, write_text_atomic
 from boltzformer.evaluate.metrics import SIZE_BUCKETS
 
-__all__ = ["BUCKETS", "bootstrap_ci", "load_cells", "summarize_cells", "summary_markdown", "write_summary"]
+__all__ = ["BUCKETS", "CELL_FORMAT", "bootstrap_ci", "load_cells", "summarize_cells", "summary_markdown", "write_summary"]
 
 BUCKETS = (*SIZE_BUCKETS, "all")
+CELL_FORMAT = 1  # the format of a cell file (written by boltzformer.train.ablate, read here)
 N_BOOT = 4000
 
 
@@ -64,8 +65,6 @@ def bootstrap_ci(values: Any, *, level: float = 0.95, n_boot: int = N_BOOT, seed
 
 def load_cells(folder: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
     """The complete cell records under ``folder/cells`` and the names of the files that are not."""
-    from boltzformer.train.ablate import FORMAT
-
     cells_dir = Path(folder) / "cells"
     if not cells_dir.is_dir():
         raise FileNotFoundError(f"--summary {folder}: no 'cells' folder; expected the --out folder of a boltzformer ablate run")
@@ -73,7 +72,7 @@ def load_cells(folder: str | os.PathLike) -> tuple[list[dict[str, Any]], list[st
     for path in sorted(cells_dir.glob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            ok = data.get("format") == FORMAT and data.get("complete") is True and data.get("images")
+            ok = data.get("format") == CELL_FORMAT and data.get("complete") is True and data.get("images")
         except (ValueError, AttributeError, UnicodeDecodeError):
             ok = False
         if ok:
@@ -113,6 +112,8 @@ def summarize_cells(cells: Sequence[dict[str, Any]], *, order: Sequence[str] = (
         for b in BUCKETS:
             ids = sorted(i for i in common if b == "all" or bucket_of[i] == b)
             if ids:
+                # seed + k (setting k's own resamples), not a SeedSequence spawn: the committed ablation
+                # summaries (docs/) were drawn with these seeds and would change
                 mean, lo, hi = bootstrap_ci(_matrix(per[name], seeds, ids), level=level, n_boot=n_boot, seed=seed + k)
                 row["dice"][b] = {"mean": mean, "lo": lo, "hi": hi, "n": len(ids)}
             if name != default and default in per:

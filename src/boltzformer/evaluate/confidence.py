@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from boltzformer.evaluate.metrics import _mean, _ratio, _std
+from boltzformer.evaluate.metrics import _mean, _ratio, _std, dice_per_sample
 
 POOR_DICE = 0.5  # a mask with Dice below this is "poor": the event agreement should predict
 AGREEMENT_BANDS = (0.0, 0.5, 0.8, 0.95, 1.0)  # edges of the score bands of the report (last band closed)
@@ -18,7 +18,8 @@ AGREEMENT_BANDS = (0.0, 0.5, 0.8, 0.95, 1.0)  # edges of the score bands of the 
 
 
 def pairwise_agreement(masks: Any) -> float:
-    """Mean pairwise Dice of K binary masks (K, H, W): 1.0 when every pass agrees, two empty masks agree.
+    """Mean pairwise Dice (:func:`~boltzformer.evaluate.metrics.dice_per_sample`, the report's) of K binary
+    masks (K, H, W): 1.0 when every pass agrees, two empty masks agree.
 
     The same score as :meth:`boltzformer.predict.Predictor.predict_samples`'s ``"agreement"``.
 
@@ -31,13 +32,10 @@ def pairwise_agreement(masks: Any) -> float:
     if m.dtype != torch.bool and bool(((m != 0) & (m != 1)).any()):
         raise ValueError("masks must be binary (bool or 0/1); threshold probabilities first")
     K = m.shape[0]
-    flat = m.flatten(1).double()  # K x HW (float64: exact pixel counts)
-    inter = flat @ flat.T  # K x K
-    sizes = flat.sum(1)
-    denom = sizes[:, None] + sizes[None, :]
-    dice = torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom))
-    pairs = ~torch.eye(K, dtype=torch.bool)
-    return float(dice[pairs].mean())
+    m = m.bool()[:, None]  # K x 1 x H x W
+    # every unordered pair once (Dice is symmetric): the mean over pairs i < j is the mean over i != j
+    dice = torch.cat([dice_per_sample(m[i + 1 :], m[i].expand_as(m[i + 1 :])) for i in range(K - 1)])
+    return float(dice.double().mean())
 
 
 def failure_auroc(scores: Sequence[float], failed: Sequence[bool]) -> float | None:

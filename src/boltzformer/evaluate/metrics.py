@@ -1,32 +1,17 @@
-"""Size buckets, binary-mask checks, Dice per sample, and the small numeric helpers the other modules share."""
+"""The one Dice (MONAI's, with fixed empty-target rules), binary-mask checks, the size buckets (from
+:mod:`boltzformer.sizes`), and the small numeric helpers the other modules share."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-SIZE_BUCKETS = ("tiny", "small", "large")
-TINY_MAX = 0.001  # area fraction below which a target is "tiny" (< 0.1 % of the image)
-SMALL_MAX = 0.01  # area fraction below which a target is "small" (< 1 % of the image)
-EMPTY_BUCKET = "empty"  # bucket of samples whose target mask is empty
+from boltzformer.sizes import EMPTY_BUCKET, SIZE_BUCKETS, SMALL_MAX, TINY_MAX, size_bucket
 
-
-def size_bucket(area_fraction: float) -> str:
-    """The size bucket of a target: ``"tiny"`` if < 0.001, ``"small"`` if < 0.01, else ``"large"``.
-
-    Raises:
-        ValueError: ``area_fraction`` is not a finite number in [0, 1].
-    """
-    if not (math.isfinite(area_fraction) and 0.0 <= area_fraction <= 1.0):
-        raise ValueError(f"area_fraction must be a finite number in [0, 1], got {area_fraction!r}")
-    if area_fraction < TINY_MAX:
-        return "tiny"
-    if area_fraction < SMALL_MAX:
-        return "small"
-    return "large"
+# the size buckets live in boltzformer.sizes (shared with the synthetic benchmark); re-exported here
+__all__ = ["EMPTY_BUCKET", "SIZE_BUCKETS", "SMALL_MAX", "TINY_MAX", "dice_per_sample", "size_bucket"]
 
 
 def _check_binary_masks(name: str, x: torch.Tensor) -> None:

@@ -16,12 +16,9 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from boltzformer.io.medical import MedicalImage
+from boltzformer.io.volumes import MedicalImage
 
 __all__ = [
     "DEFAULT_CT_WINDOW",
@@ -164,8 +161,6 @@ def intensity_plan(
     or a bare array with ``modality="CT"``) or where ``window`` is given. 16-bit and float PNG / TIFF
     files hold grey levels, not HU: they are stretched like MR unless ``window`` is given.
     """
-    from boltzformer.io.medical import MedicalImage  # the reader imports this module
-
     physical = True
     fmt = None
     if isinstance(array, MedicalImage):
@@ -235,8 +230,6 @@ def to_uint8(
         >>> to_uint8(np.array([-1000.0, -600.0, 0.0, 1000.0]), prompt="lung nodule in CT scan").tolist()
         [0, 51, 128, 255]
     """
-    from boltzformer.io.medical import MedicalImage  # the reader imports this module
-
     plan = intensity_plan(array, modality=modality, window=window, prompt=prompt)
     photometric_inverted = False
     if isinstance(array, MedicalImage):

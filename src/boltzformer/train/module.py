@@ -7,7 +7,7 @@ prediction. Everything is in ``self.model`` so that DDP, checkpoints and precisi
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -18,9 +18,41 @@ from monai.losses import DiceCELoss
 from boltzformer.model.checkpoint import checkpoint_metadata
 from boltzformer.data.loading import _LATERAL
 from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from boltzformer.evaluate.metrics import dice_per_sample
 from boltzformer.model import build_model
 
-__all__ = ["BoltzFormerModule", "SegmentationLoss"]
+__all__ = ["BoltzFormerModule", "SegmentationLoss", "warmup_cosine_schedule"]
+
+VAL_EXISTENCE_THRESHOLD = 0.5  # as evaluate_model's default existence_threshold
+FINAL_LR_FRACTION = 0.02  # the cosine decays to this fraction of the learning rate
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: int, max_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up then cosine decay, stepped once per batch, with PyTorch's schedulers.
+
+    Step ``s`` < ``warmup_steps`` runs at ``lr * (s + 1) / warmup_steps`` (:class:`~torch.optim.lr_scheduler.LinearLR`);
+    from ``warmup_steps`` on the rate follows a cosine from ``lr`` down to ``FINAL_LR_FRACTION * lr`` at
+    ``max_steps``, where training stops (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`). The same rates
+    as the hand-written ``LambdaLR`` it replaced, step for step (``tests/train/test_module.py``).
+
+    Raises:
+        ValueError: ``warmup_steps`` < 0, or ``max_steps`` < 1.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, max_steps - warmup_steps), eta_min=FINAL_LR_FRACTION * optimizer.defaults["lr"]
+    )
+    if warmup_steps == 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=max(1, warmup_steps - 1)
+    )
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
 class SegmentationLoss(torch.nn.Module):
@@ -113,14 +145,17 @@ class BoltzFormerModule(L.LightningModule):
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Logs ``val/dice``, which chooses ``best.ckpt``: the report's Dice (:func:`dice_per_sample`, the
+        same empty-target rules) of the mask the evaluator scores (probability > 0.5, emptied where the
+        existence head says absent), on the validation batch's grid."""
         _, main, out = self._losses(batch, aux=False, stage="val")
         B = len(batch["prompt"])
         logits = F.interpolate(out.logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
-        pred = (logits > 0).float()
-        target = (batch["mask"] >= 0.5).float()
-        inter = (pred * target).flatten(1).sum(-1)
-        denom = pred.flatten(1).sum(-1) + target.flatten(1).sum(-1)
-        dice = torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom))
+        pred = logits > 0  # probability > 0.5, the evaluator's threshold
+        if out.existence_logits is not None:
+            absent = torch.sigmoid(out.existence_logits.float()) < VAL_EXISTENCE_THRESHOLD  # (B,)
+            pred = pred & ~absent.view(B, 1, 1, 1)
+        dice = dice_per_sample(pred, batch["mask"] >= 0.5)
         self.log("val/loss", main, prog_bar=False, batch_size=B, sync_dist=True)
         self.log("val/dice", dice.mean(), prog_bar=True, batch_size=B, sync_dist=True)
 
@@ -136,14 +171,22 @@ class BoltzFormerModule(L.LightningModule):
             lr=tc.lr,
         )
 
-        def schedule(step: int) -> float:
-            if step < tc.warmup_steps:
-                return (step + 1) / tc.warmup_steps
-            progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
-            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = warmup_cosine_schedule(opt, warmup_steps=tc.warmup_steps, max_steps=tc.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written before :func:`warmup_cosine_schedule` holds a ``LambdaLR``'s state: replace
+        it by the new schedule's state at the same step, so that such a run resumes."""
+        states = checkpoint.get("lr_schedulers") or []
+        if len(states) == 1 and "lr_lambdas" in states[0]:
+            tc = self.train_config
+            opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=tc.lr)
+            sched = warmup_cosine_schedule(opt, warmup_steps=tc.warmup_steps, max_steps=tc.max_steps)
+            with warnings.catch_warnings():  # stepping the schedule alone, without optimizer.step()
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(int(states[0]["last_epoch"])):
+                    sched.step()
+            checkpoint["lr_schedulers"] = [sched.state_dict()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["boltzformer"] = checkpoint_metadata(self.model)
