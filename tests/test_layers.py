@@ -38,8 +38,15 @@ def _modules() -> dict[str, Path]:
 def _imports(path: Path, module: str) -> set[str]:
     """The boltzformer modules that ``path`` imports, anywhere in the file."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    typing_only = {  # `if TYPE_CHECKING:` blocks: annotations only, never imported at run time
+        id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body for n in ast.walk(stmt)
+    }
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("boltzformer"))
         elif isinstance(node, ast.ImportFrom):

@@ -87,3 +87,14 @@ def test_confidence_vs_dice_degenerate_cases_say_why():
     with pytest.raises(ValueError, match=r"confidence values must lie in \[0, 1\]"):
         confidence_vs_dice([1.5], [0.5])
 
+
+
+def test_pairwise_agreement_equals_the_reports_dice_over_pairs():
+    from boltzformer.evaluate.metrics import dice_per_sample
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(5, 24, 24, generator=g) > torch.rand(5, 1, 1, generator=g)
+    masks[3] = False  # an empty pass among them
+    pairs = [(i, j) for i in range(5) for j in range(i + 1, 5)]
+    dice = torch.cat([dice_per_sample(masks[i][None, None], masks[j][None, None]) for i, j in pairs])
+    assert pairwise_agreement(masks) == pytest.approx(float(dice.mean()), abs=1e-6)

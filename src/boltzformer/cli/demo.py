@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from boltzformer.config import TrainConfig, get_preset
 from boltzformer.data.synthetic import SyntheticConfig, SyntheticDataset
 from boltzformer.evaluate import evaluate_model, report_to_markdown, write_report
+from boltzformer.evaluate.metrics import dice_per_sample
 from boltzformer.io.atomic import write_json_atomic
 from boltzformer.model.checkpoint import load_checkpoint
 from boltzformer.predict.engine import Predictor
@@ -35,8 +37,7 @@ def _save_examples(model, dataset, out: Path, n: int, seed: int) -> list[Path]:
         image = s["image"][0].numpy().astype(np.uint8)
         target = s["mask"][0].numpy() > 0.5
         pred = predictor.predict(image, s["prompt"])
-        inter = float((pred & target).sum())
-        dice = 2 * inter / max(1.0, float(pred.sum() + target.sum()))
+        dice = float(dice_per_sample(torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None])[0])
         caption = f"'{s['prompt']}'  area {100 * s['area_fraction']:.2f}%  Dice {dice:.2f}"
         paths[out / f"{s['id']}.png"] = panel(image, target, pred, caption)
     save_pngs_atomic(paths)

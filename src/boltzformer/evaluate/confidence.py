@@ -8,7 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from boltzformer.evaluate.metrics import _mean, _ratio, _std, dice_per_sample
+from boltzformer.evaluate.metrics import _mean, _ratio, _std
+from boltzformer.predict.results import agreement
 
 POOR_DICE = 0.5  # a mask with Dice below this is "poor": the event agreement should predict
 AGREEMENT_BANDS = (0.0, 0.5, 0.8, 0.95, 1.0)  # edges of the score bands of the report (last band closed)
@@ -18,10 +19,11 @@ AGREEMENT_BANDS = (0.0, 0.5, 0.8, 0.95, 1.0)  # edges of the score bands of the 
 
 
 def pairwise_agreement(masks: Any) -> float:
-    """Mean pairwise Dice (:func:`~boltzformer.evaluate.metrics.dice_per_sample`, the report's) of K binary
-    masks (K, H, W): 1.0 when every pass agrees, two empty masks agree.
+    """Mean pairwise Dice of K binary masks (K, H, W): 1.0 when every pass agrees, two empty masks agree.
 
-    The same score as :meth:`boltzformer.predict.Predictor.predict_samples`'s ``"agreement"``.
+    The predictor's own score (:func:`boltzformer.predict.results.agreement`, what ``segment(...,
+    samples=K)`` returns), with the input checked; equal to the mean of the report's Dice
+    (:func:`~boltzformer.evaluate.metrics.dice_per_sample`) over the pairs (tested).
 
     Raises:
         ValueError: not (K, H, W) with K >= 2, or not binary.
@@ -31,11 +33,7 @@ def pairwise_agreement(masks: Any) -> float:
         raise ValueError(f"masks must have shape (K, H, W) with K >= 2, got {tuple(m.shape)}")
     if m.dtype != torch.bool and bool(((m != 0) & (m != 1)).any()):
         raise ValueError("masks must be binary (bool or 0/1); threshold probabilities first")
-    K = m.shape[0]
-    m = m.bool()[:, None]  # K x 1 x H x W
-    # every unordered pair once (Dice is symmetric): the mean over pairs i < j is the mean over i != j
-    dice = torch.cat([dice_per_sample(m[i + 1 :], m[i].expand_as(m[i + 1 :])) for i in range(K - 1)])
-    return float(dice.double().mean())
+    return agreement(m.bool())
 
 
 def failure_auroc(scores: Sequence[float], failed: Sequence[bool]) -> float | None:

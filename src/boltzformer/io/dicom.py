@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from boltzformer.io.images import DataError
+from boltzformer.io.errors import DataError
 
 __all__ = ["GAP_FACTOR", "dicom_geometry_affine", "read_dicom_file", "read_dicom_series"]
 

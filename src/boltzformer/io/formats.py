@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from boltzformer.io.images import DataError, _open_converted
+from boltzformer.io.errors import DataError
+from boltzformer.io.pillow import open_converted as _open_converted
 
 __all__ = ["MAX_VOXELS"]
 

@@ -19,47 +19,16 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+
+from boltzformer.io.errors import DataError
+from boltzformer.io.medical import load_image
+from boltzformer.io.pillow import open_converted as _open_converted
+from boltzformer.io.windows import to_uint8
 
 __all__ = ["DataError", "MASK_THRESHOLD", "read_image", "read_mask"]
 
 # masks are stored as 8-bit grey, 0 = background, 255 = target; anything above the midpoint is target
 MASK_THRESHOLD = 127
-
-
-class DataError(ValueError):
-    """A data file or its metadata is missing, unreadable or inconsistent; the message names the file."""
-
-
-def _open_converted(path: str | os.PathLike, mode: str | None, what: str) -> Image.Image:
-    """Open ``path`` with Pillow and convert it to ``mode`` (``None``: keep its mode), decoding the whole file.
-
-    Raises:
-        DataError: the path does not exist, is not a file, or Pillow cannot decode it (including
-            truncated files and decompression bombs).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} file {path} does not exist")
-    if not path.is_file():
-        raise DataError(f"{what} file {path} is not a file (expected a PNG/JPEG image)")
-    try:
-        with Image.open(path) as img:
-            # convert() / load() force a full decode, so truncated or corrupt data fails here, not later;
-            # exif_transpose: a photo a viewer shows rotated (EXIF Orientation) is read as the viewer shows it
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return img if mode is None else img.convert(mode)
-    except Image.DecompressionBombError as e:
-        raise DataError(
-            f"{what} file {path} is too large to decode safely "
-            f"(Pillow's limit PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}): {e}"
-        ) from e
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib/struct errors
-        raise DataError(
-            f"{what} file {path} could not be read as an image "
-            f"(expected a PNG/JPEG image; Pillow said: {type(e).__name__}: {e})"
-        ) from e
 
 
 # read through boltzformer.io.medical (tifffile, nibabel, pydicom) rather than Pillow
@@ -76,9 +45,6 @@ def _is_medical(path: Path) -> bool:
 
 
 def _read_medical_as_rgb(path: Path, modality: str | None, window, prompt: str | None) -> np.ndarray:
-    from boltzformer.io.medical import load_image
-    from boltzformer.io.windows import to_uint8
-
     image = load_image(path, modality=modality)
     if image.is_volume and image.array.shape[0] != 1:
         raise DataError(

@@ -31,7 +31,7 @@ from boltzformer.io.formats import (
     _suffix,
     _tifffile,
 )
-from boltzformer.io.images import DataError
+from boltzformer.io.errors import DataError
 from boltzformer.io.volumes import AFFINE_ATOL_MM, AFFINE_RTOL, MedicalImage, _invert_ornt, _orientation
 
 __all__ = ["read_label", "write_mask"]

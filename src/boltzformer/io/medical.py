@@ -37,7 +37,7 @@ from boltzformer.io.formats import (
     _read_tiff,
     _suffix,
 )
-from boltzformer.io.images import DataError
+from boltzformer.io.errors import DataError
 from boltzformer.io.masks import read_label, write_mask
 from boltzformer.io.volumes import VIEWS, MedicalImage, _volume
 

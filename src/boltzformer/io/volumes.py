@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boltzformer.io.images import DataError
+from boltzformer.io.errors import DataError
 
 __all__ = ["AFFINE_ATOL_MM", "AFFINE_RTOL", "MedicalImage", "VIEWS"]
 

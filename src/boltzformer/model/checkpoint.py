@@ -65,9 +65,8 @@ def _read(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; expected a .ckpt or .pt file")
     try:
-        from boltzformer.model.weights import _torch_load
 
-        data = _torch_load(path)  # memory-mapped where the format allows
+        data = torch_load(path)  # memory-mapped where the format allows
     except Exception as exc:  # torch raises many kinds for corrupt or foreign files
         raise CheckpointError(f"checkpoint {path} could not be read as a torch file (one written by torch.save): {_load_error(exc)}") from None
     if not isinstance(data, dict) or _KEY not in data:
@@ -78,6 +77,16 @@ def _read(path: Path) -> dict[str, Any]:
             f"found a {kind}" + (f" with keys {keys}" if keys else "")
         )
     return data
+
+
+def torch_load(path: Path):
+    """``torch.load`` with ``weights_only=True`` on CPU, memory-mapped where the file's format allows."""
+    try:  # memory-mapped: tensors are read from the file when used (zip-format files, torch >= 2.1)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", **overrides: Any) -> BoltzFormer:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from boltzformer.model.checkpoint import CheckpointError
+from boltzformer.model.checkpoint import CheckpointError, torch_load as _torch_load
 
 __all__ = ["LoadReport", "load_pretrained", "read_state_dict", "detect_kind", "map_official_key", "map_xdecoder_key", "map_sam2_key",
            "map_litemedsam_key", "model_tokenizer"]
@@ -150,15 +150,6 @@ class _SafetensorsState(Mapping):
 
     def __len__(self) -> int:
         return len(self._keys)
-
-
-def _torch_load(path: Path):
-    try:  # memory-mapped: tensors are read from the file when used (zip-format files, torch >= 2.1)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[Mapping[str, Tensor], dict]:

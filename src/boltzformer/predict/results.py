@@ -94,7 +94,11 @@ def gate(mask: np.ndarray, existence: float | np.ndarray | None, existence_thres
 
 
 def agreement(masks: Tensor) -> float:
-    """Mean pairwise Dice of K >= 2 binary masks (K, H, W): 1.0 when every pass agrees; two empty masks agree."""
+    """Mean pairwise Dice of K >= 2 binary masks (K, H, W): 1.0 when every pass agrees; two empty masks agree.
+
+    Written in torch rather than with MONAI's Dice (the report's, :mod:`boltzformer.evaluate.metrics`)
+    because predicting needs no MONAI (the base install); equal to it pair by pair (tested in
+    ``tests/evaluate/test_confidence.py``)."""
     K = masks.shape[0]
     flat = masks.flatten(1).float()  # K x HW
     inter = flat @ flat.T
