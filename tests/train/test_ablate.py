@@ -98,6 +98,14 @@ def test_resume_skips_finished_cells_and_redoes_damaged_ones(tmp_path, monkeypat
     changed = resolve_cell(default)
     changed["model_config"]["pigma_channels"] = 3
     assert cell_status(folder / f"{default.name}.json", changed) == "changed"
+    # a setting the package retired since, holding its only former value, does not either
+    retired = _fake_record(default, json.loads(json.dumps(configs[default.name])))
+    retired["config"]["model_config"]["decoder"]["decoder_impl"] = "efficient"
+    write(default, retired)
+    assert cell_status(folder / f"{default.name}.json", configs[default.name]) == "finished"
+    retired["config"]["model_config"]["decoder"]["decoder_impl"] = "reference"
+    write(default, retired)
+    assert cell_status(folder / f"{default.name}.json", configs[default.name]) == "changed"
     write(default, _fake_record(default, configs[default.name]))
     # where a cell runs does not make it another cell
     assert cell_status(folder / f"{default.name}.json", resolve_cell(default, accelerator="gpu")) == "finished"

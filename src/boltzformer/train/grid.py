@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from boltzformer.config import ModelConfig, TrainConfig, config_to_dict, get_preset
+from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict, get_preset
 from boltzformer.data.synthetic import SyntheticConfig
 from boltzformer.evaluate.ablation import CELL_FORMAT as FORMAT
 from boltzformer.train.peer import PeerConfig
@@ -206,7 +206,12 @@ def cell_status(path: Path, config: dict[str, Any]) -> str:
     if not ok:
         return "damaged"
 
-    stored = data.get("config", {})
+    stored = dict(data.get("config", {}))
+    if isinstance(stored.get("model_config"), dict):  # a setting retired since the cell was made (config._RETIRED)
+        try:
+            stored["model_config"] = config_to_dict(config_from_dict(ModelConfig, stored["model_config"]))
+        except (ValueError, TypeError):
+            return "changed"
     defaults = {"model_config": config_to_dict(ModelConfig()), "train_config": config_to_dict(TrainConfig())}
     return "finished" if _comparable(stored) == _comparable(_without_new_defaults(config, stored, defaults)) else "changed"
 
