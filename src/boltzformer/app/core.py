@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from boltzformer.io.formats import IMAGE_SUFFIXES as _READABLE, suffix_of as _suffix
 from boltzformer.io.images import DataError
 from boltzformer.io.medical import MedicalImage
 from boltzformer.io.windows import to_uint8, volume_slices
@@ -50,8 +51,9 @@ MAX_PIXELS = 2**25  # 2D uploads: about 33 megapixels (5792 x 5792)
 MAX_VOXELS = 2**26  # volumes: about 67 M voxels (512 x 512 x 256)
 MAX_PROMPTS = 8
 MAX_ZIP_MEMBERS = 4096
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".zip")
+# the upload filter, from io's one list of suffixes (io/formats.py); .zip: the DICOM files of one series
+IMAGE_SUFFIXES = tuple(s for s in _READABLE if s not in (".nii", ".nii.gz", ".dcm", ".dicom"))
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".dicom", ".zip")
 
 
 @dataclass
@@ -124,11 +126,6 @@ def parse_prompts(text: str, *, max_prompts: int = MAX_PROMPTS) -> list[str]:
     if len(prompts) > max_prompts:
         raise ValueError(f"prompts: at most {max_prompts} prompts at a time, got {len(prompts)}")
     return check_prompts(prompts, name="prompt")
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def _header_shape(path: Path, suffix: str) -> tuple[tuple[int, ...], bool] | None:

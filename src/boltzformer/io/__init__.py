@@ -4,11 +4,14 @@ series) into a :class:`MedicalImage`; ``write_mask`` writes a mask beside its so
 ``atomic`` gives every writer a temporary name then a rename. Below the model: this package
 imports numpy and the optional readers only."""
 
-from boltzformer.io.images import DataError, read_image, read_mask
+from boltzformer.io.errors import DataError
+from boltzformer.io.formats import IMAGE_SUFFIXES
+from boltzformer.io.images import read_image, read_mask
 from boltzformer.io.medical import MAX_VOXELS, MedicalImage, load_image, read_label, write_mask
 from boltzformer.io.windows import WINDOWS, to_uint8, volume_slices, window_for_prompt
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "DataError",
     "MAX_VOXELS",
     "MedicalImage",

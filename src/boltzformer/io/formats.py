@@ -26,6 +26,11 @@ _PILLOW = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _TIFF = (".tif", ".tiff")
 _NIFTI = (".nii", ".nii.gz")
 _DICOM = (".dcm", ".dicom")
+#: the one list of what :func:`boltzformer.io.load_image` reads, by suffix: folder scanning
+#: (``predict --input``), the app's upload filter and :func:`boltzformer.io.images.read_image` use it
+IMAGE_SUFFIXES = _PILLOW + _TIFF + _NIFTI + _DICOM
+#: the suffixes read by the medical readers (tifffile, nibabel, pydicom) rather than Pillow
+MEDICAL_SUFFIXES = _TIFF + _NIFTI + _DICOM
 _SUPPORTED = "PNG/JPEG/BMP, TIFF (.tif/.tiff), NIfTI (.nii/.nii.gz), DICOM (.dcm, or a folder of one series)"
 
 
@@ -48,6 +53,16 @@ def _tifffile():
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def suffix_of(path: Path) -> str:
+    """The lower-case suffix that chooses the reader (``".nii.gz"`` counts as one)."""
+    return _suffix(path)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file by content ("DICM" after the 128-byte preamble), whatever its name."""
+    return _is_dicom_file(path)
 
 
 def _is_dicom_file(path: Path) -> bool:

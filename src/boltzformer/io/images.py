@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from boltzformer.io.errors import DataError
+from boltzformer.io.formats import MEDICAL_SUFFIXES
 from boltzformer.io.medical import load_image
 from boltzformer.io.pillow import open_converted as _open_converted
 from boltzformer.io.windows import to_uint8
@@ -31,8 +32,6 @@ __all__ = ["DataError", "MASK_THRESHOLD", "read_image", "read_mask"]
 MASK_THRESHOLD = 127
 
 
-# read through boltzformer.io.medical (tifffile, nibabel, pydicom) rather than Pillow
-MEDICAL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".dicom")
 
 
 def _is_medical(path: Path) -> bool:

@@ -29,7 +29,8 @@ import numpy as np
 from boltzformer.config import config_to_dict
 from boltzformer.io.atomic import write_json_atomic
 from boltzformer.io.images import DataError
-from boltzformer.io.medical import _is_dicom_file, check_segmentable, load_image
+from boltzformer.io.formats import IMAGE_SUFFIXES, is_dicom_file as _is_dicom_file
+from boltzformer.io.medical import check_segmentable, load_image
 from boltzformer.io.windows import intensity_plan, to_uint8
 from boltzformer.model import BoltzFormer
 from boltzformer.model.text import check_prompts
@@ -40,7 +41,7 @@ from boltzformer.provenance import differences, file_sha256, made_by, tree_finge
 
 __all__ = ["FileResult", "PromptResult", "SummaryRow", "find_inputs", "prompt_slug", "run_batch", "segment_file", "segment_volume", "summary_table"]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".dicom")
+_IMAGE_SUFFIXES = IMAGE_SUFFIXES  # what io.load_image reads (io/formats.py)
 
 #: one prompt on one file: a :class:`Prediction` (2D) or a :class:`VolumePrediction`, on the input's own grid
 PromptResult = Union[Prediction, VolumePrediction]
