@@ -16,7 +16,7 @@ from boltzformer.model.backbones.focalnet import (
     xdecoder_state_dict_to_backbone,
 )
 
-LAYOUTS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "official-layouts"
+LAYOUTS = Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "official-layouts"
 SMALL = replace(FOCAL_L, embed_dim=24, depths=(1, 1, 2, 1))
 
 

@@ -23,7 +23,7 @@ from boltzformer.model.backbones.hiera import (
     sam2_state_dict_to_backbone,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
 LAYOUTS = REFERENCE / "official-layouts"
 GOLDEN = REFERENCE / "golden"
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

