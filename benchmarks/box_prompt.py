@@ -155,8 +155,9 @@ def refine(sam: LiteMedSAM, dataset, masks: list[Tensor], *, outline: str = "cro
         return [b for k, b in enumerate(component_boxes(m), start=1) if areas[k] >= min_area]
 
     def outline_fn(s, boxes):
-        logits = outline_crops(sam, s["image"], boxes, min_crop=min_crop) if outline == "crop" else outline_whole(sam, s["image"], boxes)
-        return logits > 0
+        if outline == "crop":
+            return outline_crops(sam, s["image"], boxes, min_crop=min_crop) > 0
+        return outline_whole(sam, s["image"], boxes) > 0
 
     return score(dataset, outline_fn, boxes_from=boxes_from)
 

@@ -120,7 +120,8 @@ def run_refine_fold(name: str, model_name: str, fold: int, args: argparse.Namesp
     folder, folds = DATASETS[name]
     ckpt = args.runs / name / "lite" / f"fold{fold}" / "run" / "last.ckpt"
     if not ckpt.is_file():
-        raise SystemExit(f"{model_name} needs the trained lite model of {name} fold {fold}: {ckpt} is missing (run --models lite first)")
+        raise SystemExit(f"{model_name} needs the trained lite model of {name} fold {fold}: {ckpt} is missing "
+                         "(run --models lite first)")
     if args.weights not in _SAM:
         _SAM[args.weights] = LiteMedSAM.load(args.weights)
     test = FolderDataset(args.data / folder, split="test", seed=args.seed, fold=(fold, folds))
@@ -225,6 +226,16 @@ def markdown(rows: list[dict], args: argparse.Namespace, info: dict) -> str:
     lines += ["", f"Command: `{info['command']}`. Machine: {info['machine']['cpu']}, {info['machine']['torch_threads']} "
                   f"torch thread(s), {info['machine']['date']}. Steps {args.steps}, batch {args.batch_size}, lr {args.lr}, "
                   f"seed {args.seed}, window overlap {args.overlap}."]
+    if any(r["model"] in BOX_MODELS for r in rows):
+        lines += ["", "`lite-box` / `lite-box-crop`: no training, an upper bound on outlining: LiteMedSAM (its TinyViT and "
+                      "SAM's box-prompted decoder, `lite_medsam.pth`) given the true box of each connected component of the "
+                      "ground truth, on the whole image at 256 / each in a crop of max(" f"{args.min_crop}" ", 2 x box) pixels "
+                      "zoomed to 256. Images without a target get no box, so their false positives are 0 by design. "
+                      "LiteMedSAM's training data may include LIDC-IDRI slices."]
+    if any(r["model"] in REFINE_MODELS for r in rows):
+        lines += ["", "`lite-refine` / `lite-refine-whole`: \"find, then outline\", no training: each connected component "
+                      "of the trained `lite` fold's mask gives a box that LiteMedSAM outlines in its zoomed crop / on the "
+                      "whole image; compare with the `lite` row (same folds, same masks before refinement)."]
     return "\n".join(lines) + "\n"
 
 
