@@ -235,7 +235,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, info: dict) -> str:
     if any(r["model"] in REFINE_MODELS for r in rows):
         lines += ["", "`lite-refine` / `lite-refine-whole`: \"find, then outline\", no training: each connected component "
                       "of the trained `lite` fold's mask gives a box that LiteMedSAM outlines in its zoomed crop / on the "
-                      "whole image; compare with the `lite` row (same folds, same masks before refinement)."]
+                      "whole image. Each fold's `base` in the JSON is the `lite` model's own masks, re-scored without the "
+                      "feature cache (the masks that were refined)."]
     return "\n".join(lines) + "\n"
 
 
