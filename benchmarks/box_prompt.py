@@ -1,6 +1,6 @@
 """LiteMedSAM outlining given boxes: the "true box" upper bound and the "find, then outline" refinement.
 
-Used by ``crossval.py`` (models ``lite-box``, ``lite-box-crop`` and ``--refine``). LiteMedSAM is its
+Used by ``crossval.py`` (models ``lite-box``, ``lite-box-crop``, ``lite-refine`` and ``lite-refine-whole``). LiteMedSAM is its
 TinyViT encoder (:class:`~boltzformer.model.backbones.tinyvit.TinyViTBackbone`, the ``lite`` preset's
 backbone) and SAM's box-prompted decoder (:mod:`boltzformer.model.sam_decoder`), both loaded strictly
 from ``lite_medsam.pth``. Boxes are the bounding boxes of connected components (8-connected) of a mask:
@@ -124,7 +124,7 @@ def score(dataset, masks_for, *, boxes_from=None) -> dict:
 def model_masks(model, dataset, *, seed: int = 0, window_overlap: float | None = None, threshold: float = 0.5,
                 existence_threshold: float = 0.5) -> list[Tensor]:
     """A trained model's (H, W) boolean masks, one image at a time, as ``evaluate_model`` makes them (same
-    seed, threshold and existence gate), so that scoring them gives the model's own row."""
+    seed, threshold and existence gate; the encoder runs, no feature cache)."""
     from boltzformer.evaluate.runner import predict_passes
 
     model.eval()

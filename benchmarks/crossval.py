@@ -129,7 +129,7 @@ def run_refine_fold(name: str, model_name: str, fold: int, args: argparse.Namesp
     if (name, fold) not in _MASKS:
         _MASKS[(name, fold)] = model_masks(load_checkpoint(ckpt), test, seed=args.seed, window_overlap=args.overlap)
     masks = _MASKS[(name, fold)]
-    base = score_masks(test, masks)  # the lite model alone, re-scored: its own row's numbers
+    base = score_masks(test, masks)  # the lite model alone, re-scored (no feature cache): the masks refined
     report = refine(_SAM[args.weights], test, masks, outline=REFINE_MODELS[model_name], min_crop=args.min_crop,
                     min_area=args.refine_min_area)
     return _result(report, dataset=name, model=model_name, fold=fold, folds=folds, test_groups=test.groups,
