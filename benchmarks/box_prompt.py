@@ -1,7 +1,7 @@
 """LiteMedSAM outlining given boxes: the "true box" upper bound and the "find, then outline" refinement.
 
-Used by ``crossval.py`` (models ``lite-box``, ``lite-box-crop``, ``lite-refine`` and ``lite-refine-whole``). LiteMedSAM is its
-TinyViT encoder (:class:`~boltzformer.model.backbones.tinyvit.TinyViTBackbone`, the ``lite`` preset's
+Used by ``crossval.py`` (models ``lite-box``, ``lite-box-crop``, ``lite-refine`` and ``lite-refine-whole``).
+LiteMedSAM is its TinyViT encoder (:class:`~boltzformer.model.backbones.tinyvit.TinyViTBackbone`, the ``lite`` preset's
 backbone) and SAM's box-prompted decoder (:mod:`boltzformer.model.sam_decoder`), both loaded strictly
 from ``lite_medsam.pth``. Boxes are the bounding boxes of connected components (8-connected) of a mask:
 the ground truth's (upper bound: what LiteMedSAM outlines when the target is found perfectly), or a
