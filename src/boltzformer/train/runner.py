@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 
 from boltzformer.io.atomic import atomic_paths, write_json_atomic
 from boltzformer.model.checkpoint import CheckpointError, load_checkpoint
-from boltzformer.config import ModelConfig, TrainConfig, config_to_dict
+from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from boltzformer.data.loading import ModelInputDataset, open_dataset
 from boltzformer.data.negatives import WithNegatives
 from boltzformer.data.patches import PatchDataset, size_weights, window_step
@@ -200,6 +200,14 @@ def _check_resume(out: Path, new: dict[str, Any]) -> None:
     except (OSError, ValueError) as exc:
         raise ValueError(f"--resume: cannot read the run's {path} ({type(exc).__name__}); is {out} a run folder?") from None
     new = json.loads(json.dumps(new))
+    # a run made by an older version: settings added since (at their defaults) and retired ones (at their
+    # only former value) do not make it another run, so it reads through the config classes first
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        if isinstance(old.get(section), dict):
+            try:
+                old[section] = json.loads(json.dumps(config_to_dict(config_from_dict(cls, old[section]))))
+            except (TypeError, ValueError):
+                pass  # unreadable: compared as stored, so the differences are named below
     differ = []
     for section in ("model", "train", "data", "data_seed", "fold", "synthetic_counts", "peer"):
         a, b = _flat(old.get(section), section), _flat(new.get(section), section)
