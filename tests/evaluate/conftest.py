@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from boltzformer.evaluate import SegmentationReport
-from evaluate_helpers import _square, masks
+from tests.evaluate.evaluate_helpers import _square, masks
 
 
 @pytest.fixture

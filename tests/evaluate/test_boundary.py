@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from boltzformer.evaluate import SegmentationReport, boundary_metrics
-from evaluate_helpers import _mask
+from tests.evaluate.evaluate_helpers import _mask
 
 
 def test_monai_surface_metrics_on_empty_masks():

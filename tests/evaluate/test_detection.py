@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from boltzformer.evaluate import SegmentationReport, match_lesions
-from evaluate_helpers import _mask
+from tests.evaluate.evaluate_helpers import _mask
 
 
 

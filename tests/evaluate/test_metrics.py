@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from boltzformer.evaluate import dice_per_sample
-from evaluate_helpers import masks
+from tests.evaluate.evaluate_helpers import masks
 
 # ------------------------------------------------------------------------------------------------- Dice
 

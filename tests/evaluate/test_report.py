@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from boltzformer.evaluate import SampleRecord, SegmentationReport, report_to_markdown, write_report
-from evaluate_helpers import _square, masks
+from tests.evaluate.evaluate_helpers import _square, masks
 
 
 def test_report_numbers(report):
