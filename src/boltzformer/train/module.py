@@ -20,6 +20,7 @@ from boltzformer.data.loading import _LATERAL
 from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from boltzformer.evaluate.metrics import dice_per_sample
 from boltzformer.model import build_model
+from boltzformer.predict.results import gate
 
 __all__ = ["BoltzFormerModule", "SegmentationLoss", "warmup_cosine_schedule"]
 
@@ -152,9 +153,9 @@ class BoltzFormerModule(L.LightningModule):
         B = len(batch["prompt"])
         logits = F.interpolate(out.logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
         pred = logits > 0  # probability > 0.5, the evaluator's threshold
-        if out.existence_logits is not None:
-            absent = torch.sigmoid(out.existence_logits.float()) < VAL_EXISTENCE_THRESHOLD  # (B,)
-            pred = pred & ~absent.view(B, 1, 1, 1)
+        if out.existence_logits is not None:  # the one existence gate (predict/results.py), one value per image
+            existence = torch.sigmoid(out.existence_logits.float()).detach().cpu().numpy()  # (B,)
+            pred = torch.from_numpy(gate(pred.cpu().numpy(), existence, VAL_EXISTENCE_THRESHOLD)).to(pred.device)
         dice = dice_per_sample(pred, batch["mask"] >= 0.5)
         self.log("val/loss", main, prog_bar=False, batch_size=B, sync_dist=True)
         self.log("val/dice", dice.mean(), prog_bar=True, batch_size=B, sync_dist=True)
