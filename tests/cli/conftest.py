@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import pytest
 
 from boltzformer.cli import main
@@ -10,11 +13,17 @@ from cli_helpers import MICRO
 
 @pytest.fixture(scope="session", autouse=True)
 def _lightning_logs_to_the_session_stderr():
-    """Import Lightning before any test of this folder runs. Its import adds a ``StreamHandler`` bound to the
-    ``sys.stderr`` of that moment; imported inside a test that uses ``capsys`` (``train`` imports it before
-    checking --data), the handler keeps that test's stream, closed afterwards, and every later training logs a
-    "Logging error" to stderr, which the one-line error checks then count."""
+    """Lightning's import adds a ``StreamHandler`` bound to the ``sys.stderr`` of that moment. Imported inside
+    a test that uses ``capsys`` (``train`` imports it before checking --data; so does ``boltzformer import``
+    then ``train`` in tests/data), the handler keeps that test's stream, closed afterwards, and every later
+    training prints a "Logging error" to stderr, which the one-line error checks here count. Import it now,
+    outside any test, or point a handler left with a closed stream at the session's stderr."""
     import lightning.pytorch  # noqa: F401
+
+    for logger in [*logging.root.manager.loggerDict.values(), logging.root]:
+        for handler in getattr(logger, "handlers", []):  # placeholders have none
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr  # not setStream: it flushes the closed stream first
 
 
 @pytest.fixture(scope="session")
