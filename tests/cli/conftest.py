@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from boltzformer.cli import main
-from cli_helpers import MICRO
+from tests.cli.cli_helpers import MICRO
 
 
 @pytest.fixture(scope="session", autouse=True)

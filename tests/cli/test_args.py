@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli_helpers import _fails
+from tests.cli.cli_helpers import _fails
 
 
 def test_error_missing_data_folder(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from boltzformer.cli import commands, main
-from cli_helpers import _fails
+from tests.cli.cli_helpers import _fails
 
 
 def test_version_and_output_paths_checked_before_the_work(run_dir, tmp_path, capsys):

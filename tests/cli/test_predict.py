@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from boltzformer.cli import main
-from cli_helpers import _fails, _png
+from tests.cli.cli_helpers import _fails, _png
 
 
 def test_predict_writes_a_mask_of_the_input_size_and_an_overlay(run_dir, tmp_path):

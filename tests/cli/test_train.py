@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from boltzformer.cli import main
-from cli_helpers import MICRO, _fails, _png
+from tests.cli.cli_helpers import MICRO, _fails, _png
 
 
 def test_train_writes_checkpoint_config_and_logs(run_dir):

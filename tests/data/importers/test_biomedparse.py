@@ -10,7 +10,7 @@ import pytest
 from boltzformer.data.folder import FolderDataset
 from boltzformer.data.importers import detect_kind, import_dataset
 from boltzformer.io.images import DataError
-from importers_helpers import _make_biomedparse, _mask, _meta, _png
+from tests.data.importers.importers_helpers import _make_biomedparse, _mask, _meta, _png
 
 
 def test_biomedparse_import(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from boltzformer.data.importers import import_dataset
 from boltzformer.io.images import DataError
-from importers_helpers import _make_biomedparse, _meta
+from tests.data.importers.importers_helpers import _make_biomedparse, _meta
 
 
 def test_unknown_layout_and_arguments(tmp_path):

@@ -14,7 +14,7 @@ from boltzformer.data.folder import FolderDataset
 from boltzformer.data.importers import detect_kind, import_dataset
 from boltzformer.io.images import DataError
 from boltzformer.io.windows import WINDOWS
-from importers_helpers import AFFINE, _display, _expected_counts, _make_msd, _mask, _meta
+from tests.data.importers.importers_helpers import AFFINE, _display, _expected_counts, _make_msd, _mask, _meta
 
 
 def test_msd_import_slices_labels_and_negatives(tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 from boltzformer.data.folder import FolderDataset
 from boltzformer.data.importers import detect_kind, import_dataset
 from boltzformer.io.images import DataError
-from importers_helpers import _make_biomedparse, _meta, _png
+from tests.data.importers.importers_helpers import _make_biomedparse, _meta, _png
 
 
 def test_folder_validation_copy_and_link(tmp_path):
