@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from boltzformer.model.attention import MultiHeadAttention
 
-__all__ = ["ConvNorm", "FFNLayer", "MLP", "SelfAttentionLayer", "CrossAttentionLayer"]
+__all__ = ["ConvNorm", "FFNLayer", "LayerNorm2d", "MLP", "SelfAttentionLayer", "CrossAttentionLayer"]
 
 
 def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
@@ -148,3 +149,18 @@ def check_image_batch(x: Tensor, size_divisor: int) -> None:
     H, W = x.shape[-2:]
     if H % size_divisor or W % size_divisor:
         raise ValueError(f"x: H and W must be multiples of {size_divisor}, got {H} x {W}")
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of a (B, C, H, W) map, SAM's ``LayerNorm2d`` (eps 1e-6): LiteMedSAM's
+    TinyViT neck and SAM's box decoder use it, with parameters ``weight`` and ``bias``."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # BxCxHxW -> BxHxWxC -> normalise over C -> BxCxHxW
+        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)

@@ -31,35 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from boltzformer.model.checkpoint import CheckpointError
+from boltzformer.model.layers import MLP, LayerNorm2d
 
 __all__ = ["SAMBoxDecoder", "load_lite_medsam_box_decoder"]
-
-
-class _LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a (B, C, H, W) map (SAM's ``LayerNorm2d``, eps 1e-6)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        # BxCxHxW -> BxHxWxC -> normalise over C -> BxCxHxW
-        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
-
-
-class _MLP(nn.Module):
-    """``depth`` linear layers with ReLU between them (SAM's ``MLP``; key layout ``layers.<i>``)."""
-
-    def __init__(self, dims: list[int]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
 
 
 class _Attention(nn.Module):
@@ -174,8 +148,8 @@ class _PromptEncoder(nn.Module):
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, dim) for _ in range(4))
         self.not_a_point_embed = nn.Embedding(1, dim)
         self.mask_downscaling = nn.Sequential(  # mask prompts only: kept for the key layout
-            nn.Conv2d(1, mask_in_chans // 4, 2, stride=2), _LayerNorm2d(mask_in_chans // 4), nn.GELU(),
-            nn.Conv2d(mask_in_chans // 4, mask_in_chans, 2, stride=2), _LayerNorm2d(mask_in_chans), nn.GELU(),
+            nn.Conv2d(1, mask_in_chans // 4, 2, stride=2), LayerNorm2d(mask_in_chans // 4), nn.GELU(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, 2, stride=2), LayerNorm2d(mask_in_chans), nn.GELU(),
             nn.Conv2d(mask_in_chans, dim, 1),
         )
         self.no_mask_embed = nn.Embedding(1, dim)
@@ -197,11 +171,11 @@ class _MaskDecoder(nn.Module):
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(num_mask_tokens, dim)
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(dim, dim // 4, 2, stride=2), _LayerNorm2d(dim // 4), nn.GELU(),
+            nn.ConvTranspose2d(dim, dim // 4, 2, stride=2), LayerNorm2d(dim // 4), nn.GELU(),
             nn.ConvTranspose2d(dim // 4, dim // 8, 2, stride=2), nn.GELU(),
         )
-        self.output_hypernetworks_mlps = nn.ModuleList(_MLP([dim, dim, dim, dim // 8]) for _ in range(num_mask_tokens))
-        self.iou_prediction_head = _MLP([dim, iou_hidden, iou_hidden, num_mask_tokens])
+        self.output_hypernetworks_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(num_mask_tokens))
+        self.iou_prediction_head = MLP(dim, iou_hidden, num_mask_tokens, 3)
 
     def forward(self, image: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor) -> tuple[Tensor, Tensor]:
         """image, dense (B, C, h, w); image_pe (1, C, h, w); sparse (B, P, C) -> masks (B, M, 4h, 4w), IoU (B, M)."""

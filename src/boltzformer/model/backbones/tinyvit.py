@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from boltzformer.model.layers import check_image_batch
+from boltzformer.model.layers import LayerNorm2d, check_image_batch
 
 __all__ = ["LITE_MEDSAM", "TinyViTBackbone", "TinyViTConfig"]
 
@@ -86,21 +86,6 @@ class _ConvBN(nn.Sequential):
         self.c = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         nn.init.constant_(self.bn.weight, bn_init)
-
-
-class _LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of a (B, C, H, W) map (SAM's, eps 1e-6)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        # B x C x H x W -> B x H x W x C -> normalise -> back
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
 
 
 class _PatchEmbed(nn.Module):
@@ -255,9 +240,9 @@ class TinyViTBackbone(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.neck = nn.Sequential(
             nn.Conv2d(c.embed_dims[-1], c.neck_dim, 1, bias=False),
-            _LayerNorm2d(c.neck_dim),
+            LayerNorm2d(c.neck_dim),
             nn.Conv2d(c.neck_dim, c.neck_dim, 3, padding=1, bias=False),
-            _LayerNorm2d(c.neck_dim),
+            LayerNorm2d(c.neck_dim),
         )
         self.out_channels = (c.neck_dim,) * 4
         self.stage_channels = tuple(c.embed_dims)
