@@ -58,3 +58,14 @@ def test_summarize_three_passes_mean_std_agreement_and_mean_existence():
     assert pred.agreement == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
     gated = summarize(passes, threshold=0.5, existence_threshold=0.65)  # the mean existence 0.6 is below
     assert not gated.mask.any() and gated.agreement == pred.agreement
+
+
+def test_gate_on_torch_masks_equals_the_numpy_gate_and_stays_on_the_device():
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 1, 4, 4)) > 0.5  # (B, 1, H, W), as training's validation
+    existence = np.array([0.2, 0.5, 0.9], dtype=np.float32)
+    expected = gate(masks, existence, 0.5)
+    got = gate(torch.from_numpy(masks), torch.from_numpy(existence), 0.5)
+    assert isinstance(got, torch.Tensor) and got.device == torch.device("cpu")
+    assert np.array_equal(got.numpy(), expected)
+    assert not got[0].any() and torch.equal(got[2], torch.from_numpy(masks[2]))

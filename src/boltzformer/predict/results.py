@@ -83,13 +83,17 @@ class VolumePrediction:
         return bool(self.mask.any())
 
 
-def gate(mask: np.ndarray, existence: float | np.ndarray | None, existence_threshold: float) -> np.ndarray:
+def gate(mask: np.ndarray | Tensor, existence: float | np.ndarray | Tensor | None, existence_threshold: float) -> np.ndarray | Tensor:
     """The existence gate: ``mask`` where the target is judged present (existence >= ``existence_threshold``),
     empty elsewhere. ``existence`` is one value for a (H, W) mask or one per leading index of ``mask``
-    ((D,) for (D, H, W), (P, D) for (P, D, H, W)); None (no existence head) leaves the mask as it is."""
+    ((D,) for (D, H, W), (P, D) for (P, D, H, W)); None (no existence head) leaves the mask as it is.
+    A torch mask is gated with torch (on its device), a numpy mask with numpy."""
     if existence is None:
         return mask
-    keep = np.asarray(existence) >= existence_threshold
+    if isinstance(mask, Tensor):  # training's validation: stays on the mask's device, no host copy
+        keep = torch.as_tensor(existence, device=mask.device) >= existence_threshold
+    else:
+        keep = np.asarray(existence) >= existence_threshold
     return mask & keep.reshape(keep.shape + (1,) * (mask.ndim - keep.ndim))
 
 

@@ -154,8 +154,7 @@ class BoltzFormerModule(L.LightningModule):
         logits = F.interpolate(out.logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
         pred = logits > 0  # probability > 0.5, the evaluator's threshold
         if out.existence_logits is not None:  # the one existence gate (predict/results.py), one value per image
-            existence = torch.sigmoid(out.existence_logits.float()).detach().cpu().numpy()  # (B,)
-            pred = torch.from_numpy(gate(pred.cpu().numpy(), existence, VAL_EXISTENCE_THRESHOLD)).to(pred.device)
+            pred = gate(pred, torch.sigmoid(out.existence_logits.float()), VAL_EXISTENCE_THRESHOLD)  # (B,) values
         dice = dice_per_sample(pred, batch["mask"] >= 0.5)
         self.log("val/loss", main, prog_bar=False, batch_size=B, sync_dist=True)
         self.log("val/dice", dice.mean(), prog_bar=True, batch_size=B, sync_dist=True)
