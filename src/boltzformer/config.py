@@ -170,6 +170,9 @@ class ModelConfig:
         return self
 
 
+#: ``TrainConfig.loss``: the segmentation loss (``boltzformer.train.module.SegmentationLoss``)
+LOSSES = ("dice_ce", "dice_focal", "tversky_ce")
+
 #: the model parts that ``TrainConfig.freeze`` (``train --freeze``) can leave untrained
 FREEZABLE_PARTS = ("backbone", "pixel_decoder", "text_encoder")
 
@@ -204,8 +207,20 @@ class TrainConfig:
     # random flips of the backbone's maps, the image and the mask in the model (so that a frozen encoder's
     # cached features serve every flipped view); the data's own flips are then off
     feature_flips: bool = False
+    # the recipe's options measured by configs/ablations/recipe.yaml (docs/ablations.md); defaults: the best
+    loss: str = "dice_ce"  # one of LOSSES (MONAI): Dice + BCE (the paper), Dice + focal, Tversky + BCE
+    # whole images: "auto" (synthetic: none, folder data: "in"), or one of data.loading.SCALE_JITTER
+    scale_jitter: str = "auto"
+    copy_paste: float = 0.0  # whole images: probability of pasting a copy of the target elsewhere in the image
+    image_weighting: bool = False  # whole images: drawn by their target's size, as size_weighting does for patches
 
     def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}" + _did_you_mean(self.loss, LOSSES))
+        if self.scale_jitter not in ("auto", "none", "in", "both"):
+            raise ValueError(f"scale_jitter must be one of ('auto', 'none', 'in', 'both'), got {self.scale_jitter!r}")
+        if not 0.0 <= self.copy_paste <= 1.0:
+            raise ValueError(f"copy_paste must be a probability in [0, 1], got {self.copy_paste}")
         bad = [p for p in self.freeze if p not in FREEZABLE_PARTS]
         if bad:
             raise ValueError(f"freeze: unknown part(s) {bad}; expected some of {list(FREEZABLE_PARTS)}")

@@ -111,3 +111,40 @@ def test_val_dice_is_the_reports_dice_of_the_scored_mask(existence):
             module.model.decoder.existence.classifier.weight.zero_()
             module.model.decoder.existence.classifier.bias.fill_(-30.0)
         assert _val_dice(module, batch) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("kind", ["dice_ce", "dice_focal", "tversky_ce"])
+def test_every_loss_is_near_zero_for_a_confident_right_answer_and_large_for_a_wrong_one(kind):
+    from boltzformer.train.module import SegmentationLoss
+
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:8, 4:8] = 1
+    loss = SegmentationLoss(kind)
+    right = loss(20 * (2 * target - 1), target)
+    wrong = loss(-20 * (2 * target - 1), target)
+    assert float(right) < 0.01 and float(wrong) > 0.9
+    # logits at another size are resized to the target's
+    assert torch.isclose(loss(20 * (2 * target[..., ::2, ::2] - 1), target), right, atol=0.05)
+
+
+def test_tversky_weighs_a_missed_target_pixel_more_than_a_false_one():
+    from monai.losses import TverskyLoss
+
+    from boltzformer.train.module import SegmentationLoss
+
+    target = torch.zeros(1, 1, 10, 10)
+    target[..., :5, :] = 1  # 50 target pixels
+    missed = target.clone()
+    missed[..., :1, :] = 0  # 10 target pixels missed
+    extra = target.clone()
+    extra[..., 5:6, :] = 1  # 10 false pixels
+    tversky = TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7)
+    assert float(tversky(40 * missed - 20, target)) > float(tversky(40 * extra - 20, target))
+    assert isinstance(SegmentationLoss("tversky_ce").loss.tversky, TverskyLoss)
+
+
+def test_an_unknown_loss_names_the_choices():
+    from boltzformer.config import TrainConfig
+
+    with pytest.raises(ValueError, match="dice_focal"):
+        TrainConfig(loss="focal")

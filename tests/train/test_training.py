@@ -133,6 +133,13 @@ def test_cli_freeze_choices_equal_the_config():
     assert tuple(cli._FREEZABLE) == FREEZABLE_PARTS
 
 
+def test_cli_loss_choices_equal_the_config():
+    from boltzformer.cli import train as cli
+    from boltzformer.config import LOSSES
+
+    assert tuple(cli._LOSSES) == LOSSES
+
+
 def _folder(root, n=8, size=128):
     """n images (size x size) with a 3 x 3 bright dot each, two images per patient."""
     import json

@@ -12,6 +12,7 @@ __all__ = ["DEMO_STEPS", "add_ablate_parser", "add_demo_parser", "add_train_pars
 DEMO_STEPS = 1000
 # config.FREEZABLE_PARTS, written out so that building the parser does not import torch (tested equal)
 _FREEZABLE = ["backbone", "pixel_decoder", "text_encoder"]
+_LOSSES = ["dice_ce", "dice_focal", "tversky_ce"]  # config.LOSSES, likewise
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -46,6 +47,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-cache", default=None, metavar="DIR",
                    help="with --freeze backbone: compute the frozen encoder's features once per image into DIR "
                         "(keyed by encoder weights, image content and preprocessing) and flip features, not images")
+    p.add_argument("--loss", default=None, choices=_LOSSES, help="segmentation loss (default: dice_ce, the paper's)")
+    p.add_argument("--scale-jitter", default=None, choices=["auto", "none", "in", "both"],
+                   help="whole images: zoom in around the target, or in and out (default: auto: synthetic none, folders in)")
+    p.add_argument("--copy-paste", type=float, default=None, metavar="P",
+                   help="whole images: probability of pasting a copy of the target elsewhere in the image (default 0)")
+    p.add_argument("--image-weighting", action="store_true",
+                   help="whole images: draw tiny-target images 4x and small 2x as often as large ones")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model setting, e.g. --set num_layers=9")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -113,6 +121,15 @@ def _train_configs(args: argparse.Namespace):
         tc.val_every = args.val_every
     tc.val_batches = args.val_batches
     tc.deep_supervision = not args.no_deep_supervision
+    if args.loss is not None:
+        tc.loss = args.loss
+    if args.scale_jitter is not None:
+        tc.scale_jitter = args.scale_jitter
+    if args.copy_paste is not None:
+        if not 0.0 <= args.copy_paste <= 1.0:
+            raise ValueError(f"--copy-paste must be a probability in [0, 1], got {args.copy_paste}")
+        tc.copy_paste = args.copy_paste
+    tc.image_weighting = args.image_weighting
     if args.existence:
         model_cfg.decoder.existence = True
     negatives = args.negatives if args.negatives is not None else (0.25 if model_cfg.decoder.existence else 0.0)

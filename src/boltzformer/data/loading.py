@@ -13,9 +13,12 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from boltzformer.io.transforms import resize_mask_to_input, to_model_input
 
-__all__ = ["open_dataset", "ModelInputDataset", "SYNTHETIC"]
+__all__ = ["open_dataset", "ModelInputDataset", "SCALE_JITTER", "SYNTHETIC", "size_buckets"]
 
 SYNTHETIC = "synthetic"
+#: ``TrainConfig.scale_jitter``: "in" crops around the target (zoom in up to 1 / min_crop), "both" also
+#: zooms out (the image placed on a larger canvas, up to 1 / min_crop), "none" neither
+SCALE_JITTER = ("none", "in", "both")
 _LATERAL = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 
@@ -75,6 +78,65 @@ def _crop_around_target(image: Tensor, mask: Tensor, min_scale: float) -> tuple[
     return image[:, top : top + c, left : left + c], mask[:, top : top + c, left : left + c]
 
 
+def _zoom_out(image: Tensor, mask: Tensor, min_scale: float) -> tuple[Tensor, Tensor]:
+    """The image at a random place on a square canvas of side in [1, 1 / min_scale] x its longer side,
+    filled with the image's darkest value (the air around a scan): targets shrink, by up to ``min_scale``."""
+    _, H, W = image.shape
+    side = max(H, W)
+    c = int(side + torch.randint(0, int(side / min_scale) - side + 1, ()).item())
+    top = int(torch.randint(0, c - H + 1, ()).item())
+    left = int(torch.randint(0, c - W + 1, ()).item())
+    canvas = image.new_empty((image.shape[0], c, c))
+    canvas[:] = image.amin(dim=(-2, -1), keepdim=True)
+    canvas_mask = mask.new_zeros((mask.shape[0], c, c))
+    canvas[:, top : top + H, left : left + W] = image
+    canvas_mask[:, top : top + H, left : left + W] = mask
+    return canvas, canvas_mask
+
+
+def _copy_paste(image: Tensor, mask: Tensor, tries: int = 10) -> tuple[Tensor, Tensor]:
+    """A copy of the target's pixels pasted at a random place of the same image where it overlaps
+    neither the target's box nor an earlier paste; the mask becomes both (an image with one more
+    instance of what the prompt names). Images without a target, or with no free place, are unchanged."""
+    target = mask[0] > 0
+    ys, xs = torch.nonzero(target, as_tuple=True)
+    if not len(ys):
+        return image, mask
+    _, H, W = image.shape
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    h, w = y1 - y0, x1 - x0
+    if h >= H or w >= W:
+        return image, mask
+    for _ in range(tries):
+        top = int(torch.randint(0, H - h + 1, ()).item())
+        left = int(torch.randint(0, W - w + 1, ()).item())
+        if top >= y1 or top + h <= y0 or left >= x1 or left + w <= x0:  # boxes apart
+            image, mask = image.clone(), mask.clone()
+            cut = target[y0:y1, x0:x1]
+            image[:, top : top + h, left : left + w][:, cut] = image[:, y0:y1, x0:x1][:, cut]
+            mask[:, top : top + h, left : left + w][:, cut] = mask[:, y0:y1, x0:x1][:, cut]
+            return image, mask
+    return image, mask
+
+
+def size_buckets(dataset: Dataset) -> list[str]:
+    """The size bucket (:func:`boltzformer.sizes.size_bucket`, or ``"empty"``) of every item's target,
+    for drawing images by :data:`boltzformer.data.patches.SIZE_WEIGHTS`. The synthetic benchmark knows
+    its buckets without drawing its images; other datasets are read once (masks only matter)."""
+    from boltzformer.sizes import EMPTY_BUCKET, size_bucket
+
+    if hasattr(dataset, "size_buckets"):
+        return list(dataset.size_buckets())
+    if isinstance(dataset, ConcatDataset):
+        return [b for part in dataset.datasets for b in size_buckets(part)]
+    out = []
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        mask = dataset[i]["mask"]
+        area = float((mask > 0).float().mean())
+        out.append(size_bucket(area) if area > 0 else EMPTY_BUCKET)
+    return out
+
+
 class ModelInputDataset(Dataset):
     """Pads each sample to a square and resizes it to ``image_size``; optional augmentation.
 
@@ -84,6 +146,10 @@ class ModelInputDataset(Dataset):
     small brightness / contrast change. It draws from torch's global generator, which Lightning's
     ``seed_everything(workers=True)`` seeds in every worker, so a run is reproducible from its seed.
     ``augment="flips"`` does the flips only. ``center``: pad equally on both sides (``ModelConfig.pad``).
+    ``scale``: the scale jitter (:data:`SCALE_JITTER`; default: "in" with ``augment=True``, else
+    "none"); "both" zooms in or out, each half of the time. ``copy_paste``: the probability that a copy of
+    the target is pasted elsewhere in the image (:func:`_copy_paste`), done before the scale jitter.
+    Neither draws a random number when off, so turning them on changes no other stream.
 
     Why not MONAI's dictionary transforms (``RandFlipd``, ``RandSpatialCropd``, ``RandScaleIntensityd``...):
     they draw from a NumPy ``RandomState`` of their own, not from torch's generator, so switching would
@@ -93,9 +159,16 @@ class ModelInputDataset(Dataset):
     """
 
     def __init__(self, base: Dataset, image_size: int, *, augment: bool | str = False, min_crop: float = 0.6,
-                 center: bool = False) -> None:
+                 center: bool = False, scale: str | None = None, copy_paste: float = 0.0) -> None:
         if augment not in (False, True, "flips"):
             raise ValueError(f"augment must be False, True or 'flips', got {augment!r}")
+        scale = scale if scale is not None else "in" if augment is True else "none"
+        if scale not in SCALE_JITTER:
+            raise ValueError(f"scale must be one of {SCALE_JITTER}, got {scale!r}")
+        if not 0.0 <= copy_paste <= 1.0:
+            raise ValueError(f"copy_paste must be a probability in [0, 1], got {copy_paste}")
+        self.scale = scale
+        self.copy_paste = copy_paste
         self.base = base
         self.image_size = image_size
         self.augment = augment
@@ -109,8 +182,12 @@ class ModelInputDataset(Dataset):
         s = self.base[index]
         image, mask = s["image"], s["mask"]
         present = float(s["present"]) if "present" in s else float(bool((mask > 0).any()))
-        if self.augment is True:
+        if self.copy_paste > 0 and float(torch.rand(())) < self.copy_paste:
+            image, mask = _copy_paste(image, mask)
+        if self.scale == "in" or (self.scale == "both" and float(torch.rand(())) < 0.5):
             image, mask = _crop_around_target(image, mask, self.min_crop)
+        elif self.scale == "both":
+            image, mask = _zoom_out(image, mask, self.min_crop)
         image, geom = to_model_input(image, self.image_size, center=self.center)
         mask = resize_mask_to_input(mask, geom)
         if self.augment:

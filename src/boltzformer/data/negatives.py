@@ -93,6 +93,13 @@ class WithNegatives(Dataset):
     def __len__(self) -> int:
         return len(self.base) + self.num_negatives  # type: ignore[arg-type]
 
+    def size_buckets(self) -> list[str]:
+        """The base's size buckets (``data.loading.size_buckets``), then ``"empty"`` for each negative."""
+        from boltzformer.data.loading import size_buckets
+        from boltzformer.sizes import EMPTY_BUCKET
+
+        return size_buckets(self.base) + [EMPTY_BUCKET] * self.num_negatives
+
     def _absent_prompts(self, index: int, item: dict) -> list[str]:
         part = bisect_right(self._offsets, index) - 1
         return self._absent[part](index - self._offsets[part], item)

@@ -173,6 +173,10 @@ class SyntheticDataset(Dataset):
             "kinds_present": ",".join(k for k in KINDS if k in meta["kinds_present"]),
         }
 
+    def size_buckets(self) -> list[str]:
+        """The size bucket of every item's target, without drawing the images (item i's is fixed by i)."""
+        return [_BUCKET_ORDER[i % len(_BUCKET_ORDER)] for i in range(self._length)]
+
     def __repr__(self) -> str:
         return f"SyntheticDataset(split={self.split!r}, n={len(self)}, config={self.config})"
 

@@ -13,11 +13,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceFocalLoss, TverskyLoss
 
 from boltzformer.model.checkpoint import checkpoint_metadata
 from boltzformer.data.loading import _LATERAL
-from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from boltzformer.config import LOSSES, ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from boltzformer.evaluate.metrics import dice_per_sample
 from boltzformer.model import build_model
 from boltzformer.predict.results import gate
@@ -56,12 +56,36 @@ def warmup_cosine_schedule(
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
-class SegmentationLoss(torch.nn.Module):
-    """Dice (sigmoid, squared denominators) + BCE via MONAI, logits resized to the target's size."""
+class _TverskyCE(torch.nn.Module):
+    """MONAI's Tversky loss (alpha 0.3, beta 0.7) + BCE; MONAI combines Dice or focal with CE, not Tversky."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.loss = DiceCELoss(sigmoid=True, squared_pred=True, reduction="mean")
+        self.tversky = TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, reduction="mean")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.tversky(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
+
+
+class SegmentationLoss(torch.nn.Module):
+    """The segmentation loss (``TrainConfig.loss``), MONAI's, on logits resized to the target's size:
+
+    - ``"dice_ce"``: Dice (sigmoid, squared denominators) + BCE, as the paper;
+    - ``"dice_focal"``: the same Dice + focal loss (gamma 2), which weighs hard pixels up;
+    - ``"tversky_ce"``: Tversky (alpha 0.3, beta 0.7: a missed target pixel costs more than a false
+      one) + BCE.
+    """
+
+    def __init__(self, kind: str = "dice_ce") -> None:
+        super().__init__()
+        if kind == "dice_ce":
+            self.loss = DiceCELoss(sigmoid=True, squared_pred=True, reduction="mean")
+        elif kind == "dice_focal":
+            self.loss = DiceFocalLoss(sigmoid=True, squared_pred=True, gamma=2.0, reduction="mean")
+        elif kind == "tversky_ce":
+            self.loss = _TverskyCE()
+        else:
+            raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape[-2:] != target.shape[-2:]:
@@ -79,7 +103,7 @@ class BoltzFormerModule(L.LightningModule):
         self.model_config: ModelConfig = config_from_dict(ModelConfig, model_config)
         self.train_config: TrainConfig = config_from_dict(TrainConfig, train_config)
         self.model = build_model(self.model_config)
-        self.loss = SegmentationLoss()
+        self.loss = SegmentationLoss(self.train_config.loss)
         for part in self.train_config.freeze:
             getattr(self.model, part).requires_grad_(False).eval()  # BatchNorm statistics (lite) stay as loaded
 

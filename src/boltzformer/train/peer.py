@@ -141,7 +141,7 @@ class PeerModule(BoltzFormerModule):
             raise ValueError(f"freeze {list(self.train_config.freeze)} does not apply to the MONAI peer")
         self.peer_config = PeerConfig(**peer_config)
         self.model = PromptedPeer(model=self.model_config, peer=self.peer_config)
-        self.loss = SegmentationLoss()
+        self.loss = SegmentationLoss(self.train_config.loss)
 
     @classmethod
     def create(cls, model_config: ModelConfig, train_config: TrainConfig, peer: PeerConfig) -> "PeerModule":  # type: ignore[override]

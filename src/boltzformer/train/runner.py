@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from boltzformer.io.atomic import atomic_paths, write_json_atomic
 from boltzformer.model.checkpoint import CheckpointError, load_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
-from boltzformer.data.loading import ModelInputDataset, open_dataset
+from boltzformer.data.loading import ModelInputDataset, open_dataset, size_buckets
 from boltzformer.data.negatives import WithNegatives
-from boltzformer.data.patches import PatchDataset, size_weights, window_step
+from boltzformer.data.patches import SIZE_WEIGHTS, PatchDataset, size_weights, window_step
 from boltzformer.train.features import FeatureCache
 from boltzformer.data.synthetic import SyntheticDataset
 from boltzformer.train.module import BoltzFormerModule
@@ -247,9 +247,14 @@ def _loaders(job: TrainJob, tc: TrainConfig) -> tuple[DataLoader, DataLoader]:
         # flips are enough there; real data gets crops and intensity changes too
         synthetic = isinstance(train_base, SyntheticDataset) or isinstance(getattr(train_base, "base", None), SyntheticDataset)
         augment = False if tc.feature_flips else "flips" if synthetic else True
-        train_ds = ModelInputDataset(train_base, size, augment=augment, center=center)
+        scale = None if tc.scale_jitter == "auto" else tc.scale_jitter
+        train_ds = ModelInputDataset(train_base, size, augment=augment, center=center, scale=scale, copy_paste=tc.copy_paste)
         val_ds = ModelInputDataset(open_dataset(job.data, "val", **kwargs), size, center=center)
-        sampler = RandomSampler(train_ds, replacement=True, num_samples=num_samples, generator=generator)
+        if tc.image_weighting:
+            weights = [SIZE_WEIGHTS[b] for b in size_buckets(train_base)]
+            sampler = WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
+        else:
+            sampler = RandomSampler(train_ds, replacement=True, num_samples=num_samples, generator=generator)
     common = {"num_workers": tc.num_workers, "persistent_workers": tc.num_workers > 0}
     train_dl = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, drop_last=True, **common)
     val_dl = DataLoader(val_ds, batch_size=max(tc.batch_size, 16), shuffle=False, **common)
