@@ -7,6 +7,7 @@ import torch
 
 from boltzformer.data.loading import ModelInputDataset, _crop_around_target, open_dataset
 from boltzformer.data.synthetic import SyntheticDataset
+from tests.data.data_helpers import patients_folder
 
 
 def test_crop_keeps_the_whole_target():
@@ -144,3 +145,65 @@ def test_size_buckets_of_synthetic_negatives_and_folders_agree_with_the_masks():
             return ds[i]
 
     assert size_buckets(Plain()) == size_buckets(ds)
+
+
+# ----------------------------------------------------------------------- cross-validation folds per folder
+
+
+@pytest.fixture
+def two_folders(tmp_path):
+    return [str(patients_folder(tmp_path / "a", "a dot", patients=6)),
+            str(patients_folder(tmp_path / "b", "a square", patients=5, per_patient=3))]
+
+
+def test_each_folder_with_its_own_fold_gives_the_splits_of_that_folder_alone(two_folders):
+    from boltzformer.data.folder import FolderDataset
+
+    for split in ("train", "val", "test"):
+        for folds in ([(1, 4), (2, 3)], [(3, 4), (0, 3)], ((0, 2), (1, 2))):
+            ds = open_dataset(two_folders, split, seed=3, fold=folds)
+            alone = [FolderDataset(p, split=split, seed=3, fold=f) for p, f in zip(two_folders, folds)]
+            assert [part.ids for part in ds.datasets] == [a.ids for a in alone]
+            assert [part.groups for part in ds.datasets] == [a.groups for a in alone]
+    # the second folder's own fold, not the first one's: fold 1 of 4 would test other patients
+    mixed = open_dataset(two_folders, "test", fold=[(1, 4), (2, 3)])
+    assert mixed.datasets[1].ids != FolderDataset(two_folders[1], split="test", fold=(1, 4)).ids
+
+
+def test_one_fold_for_every_folder_is_unchanged(two_folders):
+    from boltzformer.data.folder import FolderDataset
+
+    one = open_dataset(two_folders[0], "test", fold=(1, 3))
+    assert isinstance(one, FolderDataset) and one.ids == FolderDataset(two_folders[0], split="test", fold=(1, 3)).ids
+    both = open_dataset(",".join(two_folders), "test", fold=(1, 3))
+    assert [p.ids for p in both.datasets] == [p.ids for p in open_dataset(two_folders, "test", fold=[(1, 3), (1, 3)]).datasets]
+    assert [p.ids for p in both.datasets] == [FolderDataset(p, split="test", fold=(1, 3)).ids for p in two_folders]
+
+
+@pytest.mark.parametrize("fold, match", [
+    ([(0, 4)], r"fold: one \(k, n\) per data folder is 2 fold\(s\) here, got 1"),
+    ([(0, 4), (0, 3), (0, 2)], r"fold: one \(k, n\) per data folder is 2 fold\(s\) here, got 3"),
+    ((4, 4), r"fold: \(k, n\) needs n >= 2 and 0 <= k < n, got \(4, 4\)"),
+    ([(0, 4), (-1, 3)], r"fold: \(k, n\) needs n >= 2 and 0 <= k < n, got \(-1, 3\)"),
+    ((0, 1), r"fold: \(k, n\) needs n >= 2"),
+    ((0, 4, 1), r"fold must be \(k, n\) or a sequence of one \(k, n\) per data folder"),
+    ([(0, 4), 3], r"fold must be \(k, n\) or a sequence"),
+    ((True, 4), r"fold must be \(k, n\)"),
+    ("0,4", r"fold must be \(k, n\)"),
+    ({"a": (0, 4)}, r"fold must be \(k, n\)"),
+])
+def test_bad_fold_specs_are_refused_naming_fold(two_folders, fold, match):
+    from boltzformer.data.loading import folds_per_path
+
+    with pytest.raises(ValueError, match=match):
+        folds_per_path(fold, two_folders)
+    with pytest.raises(ValueError, match=match):
+        open_dataset(two_folders, "train", fold=fold)
+
+
+def test_folds_per_path_forms():
+    from boltzformer.data.loading import folds_per_path
+
+    assert folds_per_path(None, "a,b") == [None, None]
+    assert folds_per_path((1, 4), "a,b,c") == [(1, 4)] * 3
+    assert folds_per_path([[1, 4], [2, 3]], ["a", "b"]) == [(1, 4), (2, 3)]  # as config.json stores it

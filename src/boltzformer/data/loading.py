@@ -13,7 +13,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from boltzformer.io.transforms import resize_mask_to_input, to_model_input
 
-__all__ = ["open_dataset", "ModelInputDataset", "SCALE_JITTER", "SYNTHETIC", "size_buckets"]
+__all__ = ["open_dataset", "folds_per_path", "ModelInputDataset", "SCALE_JITTER", "SYNTHETIC", "size_buckets"]
 
 SYNTHETIC = "synthetic"
 #: ``TrainConfig.scale_jitter``: "in" crops around the target (zoom in up to 1 / min_crop), "both" also
@@ -28,6 +28,37 @@ def _split_paths(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     return [str(p) for p in data]
 
 
+def _is_fold(spec: Any) -> bool:
+    return (isinstance(spec, (tuple, list)) and len(spec) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in spec))
+
+
+def folds_per_path(fold: Any, data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[int, int] | None]:
+    """The cross-validation fold of each data folder of ``data`` (as :func:`open_dataset` takes it) from its ``fold``:
+    None (no folds), one ``(k, n)`` for every folder, or a sequence of one ``(k, n)`` per folder, in
+    the order of the paths (each folder split into its own number of folds).
+
+    Raises:
+        ValueError: ``fold`` is none of these, a sequence of another length than the paths, or a
+            ``(k, n)`` with ``n`` < 2 or ``k`` outside [0, n).
+    """
+    n_paths = len(_split_paths(data))
+    if fold is None:
+        return [None] * n_paths
+    if _is_fold(fold):
+        specs = [tuple(fold)] * n_paths
+    elif isinstance(fold, (tuple, list)) and all(_is_fold(f) for f in fold):
+        if len(fold) != n_paths:
+            raise ValueError(f"fold: one (k, n) per data folder is {n_paths} fold(s) here, got {len(fold)}: {fold!r}")
+        specs = [tuple(f) for f in fold]
+    else:
+        raise ValueError(f"fold must be (k, n) or a sequence of one (k, n) per data folder (integers), got {fold!r}")
+    for k, n in specs:
+        if n < 2 or not 0 <= k < n:
+            raise ValueError(f"fold: (k, n) needs n >= 2 and 0 <= k < n, got {(k, n)!r} in {fold!r}")
+    return specs  # type: ignore[return-value]
+
+
 def open_dataset(
     data: str | os.PathLike | Sequence[str | os.PathLike],
     split: str,
@@ -35,11 +66,13 @@ def open_dataset(
     seed: int = 0,
     synthetic_size: int = 256,
     synthetic_counts: dict[str, int] | None = None,
-    fold: tuple[int, int] | None = None,
+    fold: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
 ) -> Dataset:
     """``"synthetic"`` (the built-in benchmark) or one or more dataset folders (comma-separated or a
     list), each in the ``shared/data`` format. ``split``: "train", "val", "test" or "all" (every sample).
-    ``fold``: ``(k, n)``, cross-validation fold k of n of every folder (:func:`~boltzformer.data.folder.fold_groups`)."""
+    ``fold``: ``(k, n)``, cross-validation fold k of n of every folder (:func:`~boltzformer.data.folder.fold_groups`),
+    or one ``(k, n)`` per folder in the order of the paths, each folder with its own fold count
+    (:func:`folds_per_path`): ``[(0, 4), (0, 3)]`` is fold 0 of 4 of the first folder and 0 of 3 of the second."""
     paths = _split_paths(data)
     if not paths:
         raise ValueError("--data is empty: give 'synthetic' or a dataset folder")
@@ -57,7 +90,8 @@ def open_dataset(
         raise ValueError("'synthetic' cannot be mixed with dataset folders in --data")
     from boltzformer.data.folder import FolderDataset
 
-    datasets = [FolderDataset(Path(p), split=split, seed=seed, fold=fold) for p in paths]
+    folds = folds_per_path(fold, paths)
+    datasets = [FolderDataset(Path(p), split=split, seed=seed, fold=f) for p, f in zip(paths, folds)]
     return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
 

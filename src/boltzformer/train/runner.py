@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from boltzformer.io.atomic import atomic_paths, write_json_atomic
 from boltzformer.model.checkpoint import CheckpointError, load_checkpoint
 from boltzformer.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
-from boltzformer.data.loading import ModelInputDataset, open_dataset, size_buckets
+from boltzformer.data.loading import ModelInputDataset, folds_per_path, open_dataset, size_buckets
 from boltzformer.data.negatives import WithNegatives
 from boltzformer.data.patches import SIZE_WEIGHTS, PatchDataset, size_weights, window_step
 from boltzformer.train.features import FeatureCache
@@ -64,7 +64,9 @@ class TrainJob:
     # a frozen backbone's features cached in this folder (boltzformer.train.features); needs train.freeze
     # to hold "backbone" and turns on train.feature_flips
     feature_cache: Path | None = None
-    fold: tuple[int, int] | None = None  # cross-validation fold (k, n) of the data folders (data/folder.py)
+    # cross-validation fold (k, n) of every data folder (data/folder.py), or one (k, n) per folder in the
+    # order of ``data`` (each folder with its own fold count; data/loading.py folds_per_path)
+    fold: tuple[int, int] | Sequence[tuple[int, int]] | None = None
     # train a MONAI peer (train/peer.py) with this loop instead of the BoltzFormer; ``model`` gives its
     # image size and pixel normalisation
     peer: "PeerConfig | None" = None
@@ -134,6 +136,14 @@ class _RunLogger(CSVLogger):
         return self._experiment
 
 
+def _fold_record(fold: Any) -> list | None:
+    """``TrainJob.fold`` as JSON: [k, n] for one fold of every folder (as runs have always recorded it),
+    [[k, n], ...] for one per folder."""
+    if not fold:
+        return None
+    return [list(f) if isinstance(f, (tuple, list)) else f for f in fold]
+
+
 def _run_config(job: TrainJob, tc: TrainConfig) -> dict[str, Any]:
     from boltzformer.provenance import file_sha256, git_commit, package_version
 
@@ -142,7 +152,7 @@ def _run_config(job: TrainJob, tc: TrainConfig) -> dict[str, Any]:
         "train": config_to_dict(tc),
         "data": job.data if isinstance(job.data, str) else list(job.data),
         "data_seed": job.data_seed,
-        "fold": list(job.fold) if job.fold else None,
+        "fold": _fold_record(job.fold),
         "synthetic_counts": job.synthetic_counts,
         **({"peer": dataclasses.asdict(job.peer)} if job.peer is not None else {}),
         "init": None if job.init is None else {"path": str(job.init), "sha256": file_sha256(job.init)},
@@ -287,6 +297,7 @@ def run_training(job: TrainJob) -> Path:
         if "backbone" not in tc.freeze:
             raise ValueError("--feature-cache needs a frozen backbone: add --freeze backbone")
         tc = dataclasses.replace(tc, feature_flips=True)
+    folds_per_path(job.fold, job.data)  # a bad fold is named before a resume compares it
     run_config = _run_config(job, tc)
     resume_step = None
     if job.resume:
