@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from boltzformer.data.loading import ModelInputDataset, _crop_around_target, open_dataset
+from boltzformer.data.folder import FolderDataset
+from boltzformer.data.loading import ModelInputDataset, _crop_around_target, folds_per_path, open_dataset
 from boltzformer.data.synthetic import SyntheticDataset
 from tests.data.data_helpers import patients_folder
 
@@ -157,8 +158,6 @@ def two_folders(tmp_path):
 
 
 def test_each_folder_with_its_own_fold_gives_the_splits_of_that_folder_alone(two_folders):
-    from boltzformer.data.folder import FolderDataset
-
     for split in ("train", "val", "test"):
         for folds in ([(1, 4), (2, 3)], [(3, 4), (0, 3)], ((0, 2), (1, 2))):
             ds = open_dataset(two_folders, split, seed=3, fold=folds)
@@ -171,13 +170,12 @@ def test_each_folder_with_its_own_fold_gives_the_splits_of_that_folder_alone(two
 
 
 def test_one_fold_for_every_folder_is_unchanged(two_folders):
-    from boltzformer.data.folder import FolderDataset
-
     one = open_dataset(two_folders[0], "test", fold=(1, 3))
     assert isinstance(one, FolderDataset) and one.ids == FolderDataset(two_folders[0], split="test", fold=(1, 3)).ids
     both = open_dataset(",".join(two_folders), "test", fold=(1, 3))
-    assert [p.ids for p in both.datasets] == [p.ids for p in open_dataset(two_folders, "test", fold=[(1, 3), (1, 3)]).datasets]
-    assert [p.ids for p in both.datasets] == [FolderDataset(p, split="test", fold=(1, 3)).ids for p in two_folders]
+    ids = [p.ids for p in both.datasets]
+    assert ids == [p.ids for p in open_dataset(two_folders, "test", fold=[(1, 3), (1, 3)]).datasets]
+    assert ids == [FolderDataset(p, split="test", fold=(1, 3)).ids for p in two_folders]
 
 
 @pytest.mark.parametrize("fold, match", [
@@ -193,8 +191,6 @@ def test_one_fold_for_every_folder_is_unchanged(two_folders):
     ({"a": (0, 4)}, r"fold must be \(k, n\)"),
 ])
 def test_bad_fold_specs_are_refused_naming_fold(two_folders, fold, match):
-    from boltzformer.data.loading import folds_per_path
-
     with pytest.raises(ValueError, match=match):
         folds_per_path(fold, two_folders)
     with pytest.raises(ValueError, match=match):
@@ -202,8 +198,6 @@ def test_bad_fold_specs_are_refused_naming_fold(two_folders, fold, match):
 
 
 def test_folds_per_path_forms():
-    from boltzformer.data.loading import folds_per_path
-
     assert folds_per_path(None, "a,b") == [None, None]
     assert folds_per_path((1, 4), "a,b,c") == [(1, 4)] * 3
     assert folds_per_path([[1, 4], [2, 3]], ["a", "b"]) == [(1, 4), (2, 3)]  # as config.json stores it
