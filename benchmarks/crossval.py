@@ -175,7 +175,7 @@ def _job(model_name: str, data: str | list[str], fold, out: Path, args: argparse
                     feature_cache=args.cache if lite else None)
 
 
-def _train_multi(model_name: str, fold: int, args: argparse.Namespace) -> tuple[Path, float, dict]:
+def _train_multi(model_name: str, fold: int, args: argparse.Namespace) -> tuple[Path, float | None, dict]:
     """The multi-dataset model of ``fold`` (crossval_multi.py), trained once for all its datasets."""
     counts = {d: DATASETS[d][1] for d in args.multi_datasets}
     folds = train_folds(counts, fold)
