@@ -42,7 +42,6 @@ min-max) over folds of Dice, Dice by target size, lesion sensitivity and false p
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import sys
@@ -55,7 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from box_prompt import LiteMedSAM, model_masks, outline_crops, outline_whole, refine, score, score_masks  # noqa: E402
 from common import machine, write_json  # noqa: E402
-from crossval_multi import MULTI_MODELS, note, train_folds, train_multi  # noqa: E402
+from crossval_multi import MULTI_MODELS, note, train_folds, train_multi, train_or_reuse  # noqa: E402
 
 from boltzformer.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from boltzformer.config import TrainConfig, get_preset  # noqa: E402
@@ -63,7 +62,7 @@ from boltzformer.data.folder import FolderDataset  # noqa: E402
 from boltzformer.evaluate import evaluate_model  # noqa: E402
 from boltzformer.train.features import FeatureCache  # noqa: E402
 from boltzformer.model import build_model  # noqa: E402
-from boltzformer.train.runner import TrainJob, run_training  # noqa: E402
+from boltzformer.train.runner import TrainJob  # noqa: E402
 from boltzformer.model.weights import load_pretrained  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -203,9 +202,8 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
         last, train_s, extra = _train_multi(model_name, fold, args)
     else:
         job = _job(model_name, str(root), (fold, folds), out, args)
-        t0 = time.perf_counter()
-        last = run_training(dataclasses.replace(job, resume=(out / "run" / "last.ckpt").exists()))
-        train_s, extra = time.perf_counter() - t0, {}
+        last, train_s = train_or_reuse(job)
+        extra = {}
     model = load_checkpoint(last).eval()
     if lite:
         model.backbone.requires_grad_(False)

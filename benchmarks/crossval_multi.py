@@ -62,15 +62,21 @@ def train_multi(job: TrainJob, folds: dict[str, tuple[int, int]]) -> tuple[Path,
             raise SystemExit(f"{done}: that fold's model was trained otherwise: {'; '.join(differ)}; ask for the "
                              "same --datasets, --steps and --negatives, or give another --runs")
         return out / "last.ckpt", found["train_seconds"]
-    last = out / "last.ckpt"
-    if last.exists() and torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= job.train.max_steps:
-        seconds = None  # finished, then stopped before train.json was written: how long it took is not known
-    else:
-        t0 = time.perf_counter()
-        last = run_training(dataclasses.replace(job, resume=last.exists()))
-        seconds = round(time.perf_counter() - t0, 1)
+    last, seconds = train_or_reuse(job)
     write_json({**record, "train_seconds": seconds}, done)
     return last, seconds
+
+
+def train_or_reuse(job: TrainJob) -> tuple[Path, float | None]:
+    """Train ``job`` (resumed from its ``last.ckpt`` if there is one); a run that already reached its steps
+    (stopped while being tested) is not trained again. Returns ``last.ckpt`` and the seconds of training
+    (None where the run had finished before: how long it took is not known)."""
+    last = Path(job.out) / "last.ckpt"
+    if last.exists() and torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= job.train.max_steps:
+        return last, None
+    t0 = time.perf_counter()
+    last = run_training(dataclasses.replace(job, resume=last.exists()))
+    return last, round(time.perf_counter() - t0, 1)
 
 
 def note(datasets: list[str], negatives: float) -> str:

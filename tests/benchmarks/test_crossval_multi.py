@@ -104,3 +104,14 @@ def test_an_interrupted_run_resumes_and_a_finished_one_is_not_trained_again(cm, 
     last, seconds = cm.train_multi(_job(tmp_path), folds)
     assert len(fake.calls) == 1 and seconds is None
     assert json.loads((tmp_path / "train.json").read_text())["train_seconds"] is None
+
+
+def test_a_single_dataset_run_stopped_while_tested_is_not_trained_again(cm, tmp_path, monkeypatch):
+    # crossval.py's single-dataset models go through the same train_or_reuse: a run that reached its steps
+    # and was killed during its test is tested on the rerun, not refused for asking no more steps
+    fake = _FakeTraining()
+    monkeypatch.setattr(cm, "run_training", fake)
+    (tmp_path / "run").mkdir()
+    torch.save({"global_step": 4}, tmp_path / "run" / "last.ckpt")
+    last, seconds = cm.train_or_reuse(_job(tmp_path))
+    assert fake.calls == [] and seconds is None and last == tmp_path / "run" / "last.ckpt"

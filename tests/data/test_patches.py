@@ -73,3 +73,14 @@ def test_size_weights_favour_tiny_targets():
     assert size_weights(ds.area_fractions()) == [4.0, 1.0]
     with pytest.raises(ValueError, match="multiple of 32"):
         PatchDataset(_Images([(0, 0, 3)]), 100)
+
+
+def test_present_is_the_patchs_not_the_images():
+    # a patch drawn away from the target shows none of it: the existence head must be told "absent" there
+    images = _Images([(10, 10, 3)] * 30 + [(0, 0, 0)], hw=(256, 256))
+    ds = PatchDataset(images, 64, step=64, target_fraction=0.0, seed=0)
+    items = [ds[i] for i in range(len(ds))]
+    assert all(it["present"] == float(bool(it["mask"].sum() > 0)) for it in items)
+    assert {it["present"] for it in items[:30]} == {0.0, 1.0}  # both kinds of patch were drawn
+    negative = [{**images[0], "present": 0.0}]  # a negative prompt stays absent in every patch
+    assert PatchDataset(negative, 64, target_fraction=1.0, seed=0)[0]["present"] == 0.0

@@ -74,8 +74,8 @@ class PatchDataset(Dataset):
         seed: with ``seed`` set, item ``i`` always gives the same patch (validation); without it,
             draws come from torch's global generator, which Lightning seeds in every worker.
 
-    Items: {"image": (3, size, size) 0-255, "mask": (1, size, size) 0/1, "prompt", "id", "present",
-    "box": (top, left) of the patch in the image}. Images smaller than the patch are padded with zeros
+    Items: {"image": (3, size, size) 0-255, "mask": (1, size, size) 0/1, "prompt", "id", "present"
+    (1.0 when the patch holds some of the target, else 0.0), "box": (top, left) of the patch in the image}. Images smaller than the patch are padded with zeros
     at the bottom and right, as :func:`~boltzformer.io.transforms.to_model_input` pads.
 
     Why not MONAI's ``RandFlipd`` / ``RandSpatialCropd``: they draw from a NumPy ``RandomState`` of their
@@ -142,7 +142,9 @@ class PatchDataset(Dataset):
             dims = [d for d, f in zip((-1, -2), flips.tolist()) if f]
             if dims:
                 image, mask = image.flip(dims), mask.flip(dims)
-        present = float(s["present"]) if "present" in s else float(bool((s["mask"] > 0).any()))
+        # "present" is the patch's, not the image's: a patch drawn away from the target shows none of it, and
+        # the existence head must learn "absent" there (the mask losses skip it)
+        present = float(s.get("present", 1.0)) * float(bool((mask > 0).any()))
         return {"image": image.contiguous(), "mask": mask.contiguous(), "prompt": s["prompt"], "id": s["id"],
                 "present": present, "box": (top, left)}
 
