@@ -8,8 +8,12 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["WINDOW_OVERLAP_HELP", "axis_arg", "check_data_arg", "check_overlap", "modality_arg", "parse_overrides",
+__all__ = ["DEMO_STEPS", "WINDOW_OVERLAP_HELP", "axis_arg", "check_data_arg", "check_overlap", "modality_arg", "parse_overrides",
            "probability_arg", "read_json", "window_arg"]
+
+# ``boltzformer demo``'s training steps: its budget is its wall time (within 15 minutes on 2 cores, about
+# 12 measured here), and more steps was the one recipe change that measured better (docs/results.md)
+DEMO_STEPS = 1600
 
 WINDOW_OVERLAP_HELP = ("native resolution (models trained with --patch-overlap): slide the model's input window over the image "
                        "with this overlap in [0, 1) and blend with Gaussian weights, instead of resizing the image")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boltzformer.cli.args import DEMO_STEPS
 from boltzformer.config import TrainConfig, get_preset
 from boltzformer.data.synthetic import SyntheticConfig, SyntheticDataset
 from boltzformer.evaluate import evaluate_model, report_to_markdown, write_report
@@ -44,7 +45,7 @@ def _save_examples(model, dataset, out: Path, n: int, seed: int) -> list[Path]:
     return list(paths)
 
 
-def run_demo(out: Path, *, max_steps: int = 1000, seed: int = 0, n_test: int | None = None, progress: bool = True) -> dict:
+def run_demo(out: Path, *, max_steps: int = DEMO_STEPS, seed: int = 0, n_test: int | None = None, progress: bool = True) -> dict:
     """Run the demo into ``out``; returns the test report."""
     out = Path(out)
     run_dir = out / "run"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from boltzformer.cli.args import check_data_arg, parse_overrides
+from boltzformer.cli.args import DEMO_STEPS, check_data_arg, parse_overrides
 
 __all__ = ["DEMO_STEPS", "add_ablate_parser", "add_demo_parser", "add_train_parser", "cmd_ablate", "cmd_demo", "cmd_train"]
 
-DEMO_STEPS = 1000
 # config.FREEZABLE_PARTS, written out so that building the parser does not import torch (tested equal)
 _FREEZABLE = ["backbone", "pixel_decoder", "text_encoder"]
 _LOSSES = ["dice_ce", "dice_focal", "tversky_ce"]  # config.LOSSES, likewise
