@@ -21,6 +21,7 @@ from boltzformer.app import lesion_rows, load_upload, parse_prompts, segment, su
 from boltzformer.app.core import preview
 from boltzformer.io.images import DataError
 from boltzformer.io.medical import read_label
+from boltzformer.io.windows import to_uint8
 
 PROMPT = "lower-grade glioma in brain FLAIR MRI"
 LGG = ("lgg_brain_flair", "images", "TCGA_CS_4941_19960909_11.png")
@@ -154,6 +155,57 @@ def test_nifti_volume_every_slice_and_a_mask_in_the_file_geometry(tmp_path):
         segment(predictor, image, ["glioma"], out_dir=tmp_path, slice_index=5)
 
 
+def test_sliding_window_gives_the_predictors_masks_on_the_image_grid_without_sampling_maps(tmp_path):
+    # not square and larger than the model's 64 x 64 input: several windows at the image's own resolution
+    rows, cols = np.mgrid[:80, :100]
+    pixels = (60 + 40 * np.sin(rows / 7) * np.cos(cols / 9)).astype(np.uint8)
+    pixels[30:38, 50:60] = 230  # a small bright target
+    image = load_upload(_png(tmp_path / "x.png", pixels))
+    model = small_target_model(preview(image), fraction=0.05)
+    results = segment(boltzformer.Predictor(model, window_overlap=0.25, seed=1), image, [PROMPT, "tumour"],
+                      out_dir=tmp_path / "o", samples=3)
+    for r in results:  # the app adds nothing: the predictor's own masks, same seed and K
+        expected = boltzformer.Predictor(model, window_overlap=0.25, seed=1).segment(pixels, [r.prompt], samples=3)[0]
+        saved = np.asarray(Image.open(r.mask_path)) > 127
+        assert saved.shape == (80, 100) and r.overlay.size == r.uncertainty.size == (100, 80)
+        np.testing.assert_array_equal(saved, expected.mask)
+        assert 0 < r.mask_pixels == expected.mask.sum() and r.agreement == pytest.approx(expected.agreement)
+        assert r.agreement < 1  # the K passes differ, so the equal masks say the seeds are the same
+        assert r.sampling_grid is None
+    assert not list((tmp_path / "o").glob("*_sampling.png"))
+    assert len(summary_rows(results)) == 2
+
+
+def test_a_volume_with_a_sliding_window_is_segmented_slice_by_slice(tmp_path):
+    data = (np.random.default_rng(2).random((40, 32, 3)) * 300).astype(np.int16)  # X, Y, Z
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.7, 2.5, 1.0])), tmp_path / "scan.nii.gz")
+    image = load_upload(tmp_path / "scan.nii.gz")
+    model = small_target_model(preview(image, 1), fraction=0.05)
+    (r,) = segment(boltzformer.Predictor(model, window_overlap=0.5), image, ["glioma"], out_dir=tmp_path / "out",
+                   samples=2, slice_index=1)
+    expected = boltzformer.Predictor(model, window_overlap=0.5).segment_volume(
+        to_uint8(image.image, prompt="glioma"), ["glioma"], batch_size=1, samples=2, overlap="independent", context="2d")[0]
+    labels = read_label(r.mask_path, image.image)
+    np.testing.assert_array_equal(labels > 0, expected.mask)
+    assert r.sampling_grid is None and 0 < r.mask_pixels == expected.mask[1].sum() and r.volume_voxels == expected.mask.sum()
+
+
+def test_the_page_with_a_sliding_window_says_there_are_no_sampling_maps(tmp_path):
+    ui = importlib.import_module("boltzformer.app.ui")
+    model = boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4)
+    with pytest.raises(ValueError, match=r"window_overlap must be in \[0, 1\) or None, got 1.0"):
+        ui.build_app(model, window_overlap=1.0)
+    demo = ui.build_app(model, window_overlap=0.5, workdir=tmp_path / "demo")
+    shown = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert "64 x 64 input slides over each image" in shown["window-note"].value and not shown["sampling"].visible
+    session = ui._Session(model, tmp_path / "work", 2**20, 2**20, window_overlap=0.5)
+    image, *_ = session.on_upload(str(_png(tmp_path / "x.png", np.arange(48 * 40, dtype=np.uint8).reshape(48, 40))))
+    summary, overlays, _, sampling, *_, status = session.on_segment(image, "nodule", 2, 0.5, 0, 0, "2d",
+                                                                    progress=lambda *a, **k: None)
+    assert len(summary) == len(overlays) == 1 and sampling == []
+    assert "Segmented" in status and "Sampling maps are not drawn with a sliding window (overlap 0.5)" in status
+
+
 def test_zipped_dicom_series_is_one_volume_and_member_names_stay_inside(tmp_path):
     rng = np.random.default_rng(1)
     for k in range(3):
@@ -245,7 +297,14 @@ def test_cli_app_serves_on_localhost_and_rejects_a_missing_checkpoint(tmp_path, 
     calls = []
     monkeypatch.setattr("boltzformer.app.serve", lambda checkpoint, **kw: calls.append((checkpoint, kw)))
     assert main(["app", "--checkpoint", "m.ckpt", "--port", "7999"]) == 0
-    assert calls == [("m.ckpt", {"host": "127.0.0.1", "port": 7999})]
+    assert main(["app", "--checkpoint", "m.ckpt", "--window-overlap", "0.5"]) == 0
+    assert calls == [("m.ckpt", {"host": "127.0.0.1", "port": 7999, "window_overlap": None}),
+                     ("m.ckpt", {"host": "127.0.0.1", "port": None, "window_overlap": 0.5})]
+    for bad in ("1.0", "-0.1"):  # checked as predict / evaluate do, before the checkpoint is read
+        assert main(["app", "--checkpoint", str(tmp_path / "missing.ckpt"), "--window-overlap", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"--window-overlap must be in [0, 1), got {float(bad)}" in err and len(err.strip().splitlines()) == 1
+    assert len(calls) == 2
 
 
 def test_the_app_removes_its_temporary_folder_on_exit():

@@ -4,7 +4,10 @@
 the pixel / voxel limit; :func:`segment` runs the predictor on it (each image or slice encoded once for
 all the prompts that see the same intensities; K sampling passes for the uncertainty map, the per-layer
 sampling maps from the cached features, the lesion list, the existence probability when the model has
-an existence head) and writes one mask per prompt with the one writer (PNG for 2D, NIfTI for a volume). :func:`summary_rows` and :func:`lesion_rows` turn the results into table rows. The gradio
+an existence head) and writes one mask per prompt with the one writer (PNG for 2D, NIfTI for a volume).
+With a sliding window (``Predictor(model, window_overlap=O)``, for models trained on native-resolution
+patches) there are no sampling maps: they need the whole image encoded at once.
+:func:`summary_rows` and :func:`lesion_rows` turn the results into table rows. The gradio
 layout (``ui.py``) only wires these functions to widgets, so tests call them directly.
 """
 
@@ -99,12 +102,13 @@ class AppImage:
 @dataclass
 class PromptResult:
     """Everything shown for one prompt. Images are on the shown slice; ``mask_path`` holds the whole
-    mask (the image's grid, or every slice of a volume in the file's own geometry)."""
+    mask (the image's grid, or every slice of a volume in the file's own geometry); ``sampling_grid`` is
+    None with a sliding window (the predictor's ``window_overlap``), where no sampling maps are drawn."""
 
     prompt: str
     overlay: Image.Image
     uncertainty: Image.Image
-    sampling_grid: Image.Image
+    sampling_grid: Image.Image | None
     lesions: list[Lesion]
     existence: float | None
     agreement: float
@@ -251,6 +255,9 @@ def segment(
     absent). A volume is segmented slice by slice (:meth:`Predictor.segment_volume`, one slice per batch,
     every slice encoded once for all the prompts that share its intensities), for the NIfTI mask; the
     images, lesions and existence probability are those of ``slice_index`` (default: the middle slice).
+    With ``predictor.window_overlap`` set, the window slides over each image or slice at its own
+    resolution (as ``evaluate --window-overlap``; its windows are encoded for each prompt) and no
+    sampling maps are drawn (``sampling_grid`` None).
 
     Args:
         prompts: a list of prompts, or the text box's string (see :func:`parse_prompts`).
@@ -275,7 +282,8 @@ def segment(
             groups.append((display, [prompt]))
         else:
             same[1].append(prompt)
-    found: dict[str, tuple[Prediction | VolumePrediction, np.ndarray, Image.Image]] = {}  # prompt -> result, shown, grid
+    found: dict[str, tuple[Prediction | VolumePrediction, np.ndarray, Image.Image | None]] = {}  # prompt -> result, shown, grid
+    windowed = predictor.window_overlap is not None  # sampling maps need the whole image encoded
     total, done = len(prompts) * image.num_slices, 0
     for display, group in groups:
         if image.is_volume:
@@ -287,12 +295,15 @@ def segment(
                 display, group, context=context, batch_size=1, samples=int(samples), overlap="independent", progress=report)
             done += len(group) * image.num_slices
             shown_u8 = volume_slices(display, context=context)[shown]
-            predictor.set_image(shown_u8)  # the shown slice, whose sampling maps are drawn
+            if not windowed:
+                predictor.set_image(shown_u8)  # the shown slice, whose sampling maps are drawn
         else:
             results, shown_u8 = predictor.segment(display, group, samples=int(samples)), display  # the image stays set
         for prompt, result in zip(group, results):
-            grid = save_sampling_grid(sampling_maps(predictor, None, prompt), shown_u8,
-                                      out_dir / f"{order[prompt] + 1:02d}_{prompt_slug(prompt)}_sampling.png")
+            grid: Image.Image | None = None
+            if not windowed:
+                grid = save_sampling_grid(sampling_maps(predictor, None, prompt), shown_u8,
+                                          out_dir / f"{order[prompt] + 1:02d}_{prompt_slug(prompt)}_sampling.png")
             found[prompt] = (result, shown_u8, grid)
     out = []
     for i, prompt in enumerate(prompts):

@@ -61,10 +61,14 @@ def _error(exc: BaseException, upload: str | None = None) -> str:
 
 
 class _Session:
-    """The model and a folder for result files (the newest ``KEEP_REQUESTS`` requests are kept)."""
+    """The model, how it predicts (``window_overlap``: a sliding window, as :class:`Predictor`) and a folder
+    for result files (the newest ``KEEP_REQUESTS`` requests are kept)."""
 
-    def __init__(self, model: BoltzFormer, workdir: str | Path | None, max_pixels: int, max_voxels: int) -> None:
+    def __init__(self, model: BoltzFormer, workdir: str | Path | None, max_pixels: int, max_voxels: int,
+                 window_overlap: float | None = None) -> None:
+        self.window_size = Predictor(model, window_overlap=window_overlap).image_size  # the engine checks the overlap
         self.model = model
+        self.window_overlap = window_overlap
         self.max_pixels = max_pixels
         self.max_voxels = max_voxels
         self.root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="boltzformer-app-"))
@@ -108,7 +112,7 @@ class _Session:
         if image is None:
             return (*empty, "**Error:** upload an image first (PNG, JPEG, TIFF, NIfTI or DICOM).")
         try:
-            predictor = Predictor(self.model, threshold=float(threshold), seed=int(seed))
+            predictor = Predictor(self.model, threshold=float(threshold), seed=int(seed), window_overlap=self.window_overlap)
             results = segment(predictor, image, prompts, out_dir=self.request_dir(), samples=int(samples),
                               slice_index=int(index) if image.is_volume else None, context=context,
                               progress=lambda f, msg: progress(f, desc=msg))
@@ -117,24 +121,38 @@ class _Session:
                 log.exception("segmenting %s", image.name)
             return (*empty, _error(exc))
         where = f" (slice {int(index)})" if image.is_volume else ""
+        how = "" if self.window_overlap is None else (
+            f" Sampling maps are not drawn with a sliding window (overlap {self.window_overlap:g}).")
         return (
             summary_rows(results),
             [(r.overlay, r.prompt) for r in results],
             [(r.uncertainty, f"{r.prompt}: std of {int(samples)} passes, agreement {r.agreement:.3f}") for r in results],
-            [(r.sampling_grid, r.prompt) for r in results],
+            [(r.sampling_grid, r.prompt) for r in results if r.sampling_grid is not None],
             lesion_rows(results),
             [str(r.mask_path) for r in results],
-            f"Segmented **{image.name}**{where} for {len(results)} prompt(s) with K = {int(samples)} passes.",
+            f"Segmented **{image.name}**{where} for {len(results)} prompt(s) with K = {int(samples)} passes.{how}",
         )
 
 
-def build_app(model: BoltzFormer, *, workdir: str | Path | None = None, max_pixels: int = MAX_PIXELS,
-              max_voxels: int = MAX_VOXELS) -> gr.Blocks:
-    """The gradio Blocks of the app around a loaded model (launch it with :func:`launch_app`)."""
-    session = _Session(model.eval(), workdir, max_pixels, max_voxels)
+def build_app(model: BoltzFormer, *, window_overlap: float | None = None, workdir: str | Path | None = None,
+              max_pixels: int = MAX_PIXELS, max_voxels: int = MAX_VOXELS) -> gr.Blocks:
+    """The gradio Blocks of the app around a loaded model (launch it with :func:`launch_app`).
+
+    ``window_overlap``: predict as ``evaluate --window-overlap`` does, sliding the model's input window over
+    the image at its own resolution with this overlap in [0, 1) (models trained with ``--patch-overlap``);
+    no sampling maps are drawn then. None: the whole image, padded and resized to the model's input.
+
+    Raises:
+        ValueError: ``window_overlap`` outside [0, 1).
+    """
+    session = _Session(model.eval(), workdir, max_pixels, max_voxels, window_overlap)
     file_types = list(IMAGE_SUFFIXES + VOLUME_SUFFIXES)
     with gr.Blocks(title="boltzformer", analytics_enabled=False) as demo:
         gr.Markdown("## boltzformer: text-promptable segmentation of small objects")
+        if window_overlap is not None:
+            gr.Markdown(f"Sliding window: the model's {session.window_size} x {session.window_size} input slides over each "
+                        f"image at its own resolution (overlap {window_overlap:g}), as `evaluate --window-overlap`; "
+                        "sampling maps are not drawn with a sliding window.", elem_id="window-note")
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
@@ -160,7 +178,8 @@ def build_app(model: BoltzFormer, *, workdir: str | Path | None = None, max_pixe
                     uncertainty = gr.Gallery(label="Uncertainty: pixel-wise std of the K passes (0 black, 0.5 white)",
                                              format="png", columns=2, height=400, object_fit="contain", elem_id="uncertainty")
                 sampling = gr.Gallery(label="Sampling maps per decoder layer (distribution | attended tokens)", format="png",
-                                      columns=4, height=520, object_fit="contain", elem_id="sampling")
+                                      columns=4, height=520, object_fit="contain", elem_id="sampling",
+                                      visible=window_overlap is None)  # none with a sliding window
                 lesion_table = gr.Dataframe(headers=LESION_HEADERS, label="Lesions", interactive=False, elem_id="lesions")
                 downloads = gr.File(label="Masks (PNG for 2D, NIfTI for volumes)", file_count="multiple",
                                     interactive=False, elem_id="downloads")
