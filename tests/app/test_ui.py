@@ -5,6 +5,8 @@ tables, and checks that no request left 127.0.0.1. Run as a script to take the R
 with a trained checkpoint::
 
     python tests/app/test_ui.py --checkpoint run/best.ckpt --image scan.png --prompt "..." --out docs/app.png
+
+(``--window-overlap O`` for a model trained on native-resolution patches, as ``boltzformer app``.)
 """
 
 from __future__ import annotations
@@ -145,8 +147,10 @@ if __name__ == "__main__":  # the README screenshot, with a trained checkpoint
     ap.add_argument("--image", required=True, type=Path)
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--out", default="docs/app.png", type=Path)
+    ap.add_argument("--window-overlap", type=float, default=None, metavar="OVERLAP",
+                    help="slide the model's input window over the image with this overlap in [0, 1) (as `boltzformer app`)")
     args = ap.parse_args()
-    demo = build_app(load_checkpoint(args.checkpoint))
+    demo = build_app(load_checkpoint(args.checkpoint), window_overlap=args.window_overlap)
     url = launch_app(demo, port=_free_port(), block=False)
     try:
         shown = drive(url, args.image, args.prompt, screenshot=args.out)
