@@ -1,7 +1,7 @@
 """A figure of cross-validated models on slices of patients they were not trained on.
 
     OMP_NUM_THREADS=1 python benchmarks/heldout_figure.py --runs runs/crossval --dataset lidc --model lite \
-        --out docs/lidc_heldout.png
+        --out lidc_heldout.png     # outside the repository: the slices come from ../shared/data
 
 For every fold of ``crossval.py``'s runs (``<runs>/<dataset>/<model>/fold<k>``), two test slices are shown,
 chosen by a rule fixed before looking: the one with the fold's best Dice and the one with its median Dice
