@@ -3,24 +3,18 @@ zoomed crop) and back, checked with a stand-in for LiteMedSAM that outlines exac
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tests.benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bp():
-    spec = importlib.util.spec_from_file_location("box_prompt", ROOT / "benchmarks" / "box_prompt.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('box_prompt')
 
 
 class _BoxSAM:

@@ -4,9 +4,7 @@ model is trained once, resumed, and refused when asked with other settings. Noth
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,18 +15,14 @@ from boltzformer.data.folder import FolderDataset
 from boltzformer.data.loading import open_dataset
 from boltzformer.train.runner import TrainJob
 from tests.data.data_helpers import patients_folder
+from tests.benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 COUNTS = {"lidc": 4, "lgg": 4, "kvasir": 3}  # crossval.DATASETS' fold counts
 
 
 @pytest.fixture(scope="module")
 def cm():
-    spec = importlib.util.spec_from_file_location("crossval_multi", ROOT / "benchmarks" / "crossval_multi.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('crossval_multi')
 
 
 def test_each_dataset_trains_with_its_own_fold_or_fold_mod_n(cm):

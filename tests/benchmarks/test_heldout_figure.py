@@ -3,24 +3,18 @@ components that touch no target pixel."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def hf():
     pytest.importorskip("scipy")
-    spec = importlib.util.spec_from_file_location("heldout_figure", ROOT / "benchmarks" / "heldout_figure.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('heldout_figure')
 
 
 def test_zoom_keeps_the_crop_inside_the_image_and_enlarges_it(hf):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import boltzformer
+from tests.benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 SUBSET = ["predict_ok", "predict_16bit_ct_prompt", "predict_nan_tiff", "predict_1x1", "predict_window_unknown",
           "predict_out_under_file", "predict_folder_to_png", "predict_two_dicom_series", "predict_dicom_series_uid",
           "predict_checkpoint_text",
@@ -21,11 +19,7 @@ SUBSET = ["predict_ok", "predict_16bit_ct_prompt", "predict_nan_tiff", "predict_
 
 @pytest.fixture(scope="module")
 def reliability():
-    spec = importlib.util.spec_from_file_location("reliability", ROOT / "benchmarks" / "reliability.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reliability"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('reliability')
 
 
 def test_the_table_has_at_least_40_kinds_of_input(reliability):
