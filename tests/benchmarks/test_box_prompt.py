@@ -3,7 +3,6 @@ zoomed crop) and back, checked with a stand-in for LiteMedSAM that outlines exac
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

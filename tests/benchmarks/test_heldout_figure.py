@@ -3,7 +3,6 @@ components that touch no target pixel."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
