@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from boltzformer.cli import main
@@ -78,3 +79,13 @@ def test_error_image_mask_size_mismatch(tmp_path, capsys):
     _fails(["train", "--data", str(root), "--out", str(tmp_path / "r"), *MICRO], capsys, "masks/m2.png is 32x16")
     assert not (tmp_path / "r").exists()
 
+
+
+def test_a_bad_recipe_option_is_one_line_naming_it_and_nothing_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    _fails(["train", "--data", "synthetic", "--out", str(out), *MICRO, "--copy-paste", "1.5"], capsys,
+           "--copy-paste", "[0, 1]")
+    assert not out.exists()
+    with pytest.raises(SystemExit):  # argparse's choices: the loss and the scale jitter
+        main(["train", "--data", "synthetic", "--out", str(out), "--loss", "focal"])
+    assert "dice_focal" in capsys.readouterr().err
