@@ -17,6 +17,9 @@ Models (each trained with the same steps, batch and seed on every fold):
   frozen, its features cached once per window (``--cache``), on native-resolution patches;
 - ``tiny``: the tiny preset from scratch on the same native-resolution patches;
 - ``lite-resize`` / ``tiny-resize``: the same with today's whole-image pad-and-resize to 256;
+- ``peer`` / ``peer-resize``: the MONAI peer of ``boltzformer ablate`` (:mod:`boltzformer.train.peer`, MONAI's
+  UNet with one output channel, the dataset's kind: ``PEER_KINDS``), trained from scratch by the same loop,
+  loss, steps, batch and patches as ``tiny`` / ``tiny-resize``;
 - ``lite-multi`` / ``tiny-multi`` (``crossval_multi.py``): as ``lite`` / ``tiny``, but for fold k ONE model is
   trained on the union of the fold-k training splits of all chosen datasets (each with its own fold count,
   so each dataset's fold-k test split is that of its single-dataset rows), with negative prompts
@@ -46,6 +49,7 @@ import importlib.util
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,13 +66,16 @@ from boltzformer.data.folder import FolderDataset  # noqa: E402
 from boltzformer.evaluate import evaluate_model  # noqa: E402
 from boltzformer.train.features import FeatureCache  # noqa: E402
 from boltzformer.model import build_model  # noqa: E402
+from boltzformer.train.peer import PeerConfig, load_peer  # noqa: E402
 from boltzformer.train.runner import TrainJob  # noqa: E402
 from boltzformer.model.weights import load_pretrained  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"lidc": ("lidc_lung_nodule", 4), "lgg": ("lgg_brain_flair", 4), "kvasir": ("kvasir_small_polyp", 3)}
-MODELS = ("lite", "tiny", "lite-resize", "tiny-resize", "lite-multi", "tiny-multi", "lite-box", "lite-box-crop",
-          "lite-refine", "lite-refine-whole")
+MODELS = ("lite", "tiny", "lite-resize", "tiny-resize", "peer", "peer-resize", "lite-multi", "tiny-multi", "lite-box",
+          "lite-box-crop", "lite-refine", "lite-refine-whole")
+# the MONAI peer's one kind per dataset: the word each dataset's prompts name it by (PeerConfig.kinds)
+PEER_KINDS = {"lidc": "nodule", "lgg": "glioma", "kvasir": "polyp"}
 BOX_MODELS = {"lite-box": "whole", "lite-box-crop": "crop"}  # untrained: LiteMedSAM given the true boxes
 REFINE_MODELS = {"lite-refine": "crop", "lite-refine-whole": "whole"}  # the trained lite's boxes, outlined by LiteMedSAM
 SIZES = ("tiny", "small", "large")
@@ -160,17 +167,20 @@ def run_refine_fold(name: str, model_name: str, fold: int, args: argparse.Namesp
                          "fp_per_image": base["lesion_detection"]["fp_per_image"]})
 
 
-def _job(model_name: str, data: str | list[str], fold, out: Path, args: argparse.Namespace) -> TrainJob:
+def _job(model_name: str, data: str | list[str], fold, out: Path, args: argparse.Namespace, *,
+         dataset: str | None = None) -> TrainJob:
     """The training job of a trained model: the same steps, batch and seed for every model; the
-    multi-dataset ones add negative prompts and the existence head."""
+    multi-dataset ones add negative prompts and the existence head; the peer trains MONAI's UNet
+    (the tiny preset gives its input size and pixel normalisation)."""
     lite, multi = model_name.startswith("lite"), model_name in MULTI_MODELS
+    peer = PeerConfig(network="unet", kinds=(PEER_KINDS[dataset],)) if model_name.startswith("peer") else None
     native = not model_name.endswith("-resize")
     tc = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_every=args.steps,
                      val_batches=1, warmup_steps=max(1, args.steps // 10), freeze=("backbone",) if lite else (),
                      patch_overlap=args.overlap if native else None, negative_ratio=args.negatives if multi else 0.0)
     model = get_preset("lite" if lite else "tiny", **({"existence": True} if multi else {}))
     return TrainJob(model=model, train=tc, data=data, out=out / "run", data_seed=args.seed, fold=fold, progress=False,
-                    init=_lite_init(args.weights, args.runs, existence=multi, seed=args.seed) if lite else None,
+                    peer=peer, init=_lite_init(args.weights, args.runs, existence=multi, seed=args.seed) if lite else None,
                     feature_cache=args.cache if lite else None)
 
 
@@ -201,10 +211,10 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
     if model_name in MULTI_MODELS:
         last, train_s, extra = _train_multi(model_name, fold, args)
     else:
-        job = _job(model_name, str(root), (fold, folds), out, args)
+        job = _job(model_name, str(root), (fold, folds), out, args, dataset=name)
         last, train_s = train_or_reuse(job)
-        extra = {}
-    model = load_checkpoint(last).eval()
+        extra = {"peer": asdict(job.peer)} if job.peer is not None else {}
+    model = load_peer(last) if model_name.startswith("peer") else load_checkpoint(last).eval()
     if lite:
         model.backbone.requires_grad_(False)
         model.feature_cache = FeatureCache(root=args.cache)

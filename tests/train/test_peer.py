@@ -51,5 +51,17 @@ def test_kinds_subset_and_refusals():
         peer.channel_of(["the cyst next to the nodule"])
     with pytest.raises(ValueError, match="network"):
         PeerConfig(network="resnet")
-    with pytest.raises(ValueError, match="kinds"):
-        PeerConfig(kinds=("tumour",))
+    for bad in ((), ("",), ("cyst", "cyst")):
+        with pytest.raises(ValueError, match="kinds"):
+            PeerConfig(kinds=bad)
+    with pytest.raises(ValueError, match="'nodule' occurs in 'lung nodule'"):
+        PeerConfig(kinds=("nodule", "lung nodule"))
+
+
+def test_a_real_datasets_kind_answers_to_its_own_name():
+    # a kind outside the synthetic benchmark (the real sets' targets) is named by itself, in any case
+    peer = _peer(kinds=("polyp", "Glioma", "nodule"))
+    prompts = ["polyp in colonoscopy image", "lower-grade glioma in brain FLAIR MRI", "lung nodule in CT scan"]
+    assert peer.channel_of(prompts).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="names none"):
+        peer.channel_of(["the tumour"])

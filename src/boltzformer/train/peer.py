@@ -1,8 +1,8 @@
 """A peer from a maintained library: a MONAI network with one output channel per target kind.
 
 This is how nnU-Net-style per-class experts solve a promptable benchmark whose prompts name a fixed
-set of kinds (the synthetic benchmark's :data:`~boltzformer.data.synthetic.KINDS`): the network
-predicts every kind at once and the prompt only picks the channel. It has no text encoder, so it
+set of kinds (the synthetic benchmark's :data:`~boltzformer.data.synthetic.KINDS`, or a real set's
+target, "nodule" or "polyp", which a prompt names by that word): the network predicts every kind at once and the prompt only picks the channel. It has no text encoder, so it
 cannot follow a prompt outside those kinds; it is the baseline that BoltzFormer must beat on the
 same data, steps, batch, augmentation and loss.
 
@@ -28,7 +28,7 @@ from boltzformer.config import ModelConfig, TrainConfig, config_from_dict
 from boltzformer.data.synthetic import KINDS, SYNONYMS
 from boltzformer.train.module import BoltzFormerModule, SegmentationLoss
 
-__all__ = ["PEER_NETWORKS", "PeerConfig", "PeerModule", "PromptedPeer", "load_peer"]
+__all__ = ["PEER_NETWORKS", "PeerConfig", "PeerModule", "PromptedPeer", "kind_names", "load_peer"]
 
 PEER_NETWORKS = ("unet", "dynunet", "segresnet")
 _KEY = "boltzformer_peer"
@@ -38,7 +38,9 @@ _KEY = "boltzformer_peer"
 class PeerConfig:
     network: str = "unet"  # one of PEER_NETWORKS (MONAI's UNet, DynUNet, SegResNet)
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)  # filters per resolution level (unet, dynunet)
-    kinds: tuple[str, ...] = KINDS  # one output channel per kind, in this order
+    # one output channel per kind, in this order; a kind of the synthetic benchmark answers to its
+    # SYNONYMS, any other kind (a real dataset's target: "nodule", "polyp") to its own name
+    kinds: tuple[str, ...] = KINDS
 
     def __post_init__(self) -> None:
         if self.network not in PEER_NETWORKS:
@@ -47,9 +49,21 @@ class PeerConfig:
         self.kinds = tuple(self.kinds)
         if len(self.channels) < 2 or any(not isinstance(c, int) or c < 1 for c in self.channels):
             raise ValueError(f"peer channels must be >= 2 positive integers, got {self.channels}")
-        unknown = [k for k in self.kinds if k not in SYNONYMS]
-        if not self.kinds or unknown:
-            raise ValueError(f"peer kinds must be some of {list(SYNONYMS)}, got {list(self.kinds)}")
+        if not self.kinds or any(not isinstance(k, str) or not k.strip() for k in self.kinds):
+            raise ValueError(f"peer kinds must be one or more non-empty names, got {list(self.kinds)}")
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"peer kinds must differ, got {list(self.kinds)}")
+        # a prompt must name one kind only: no name of one kind may occur in a name of another
+        for a, b in ((a, b) for a in self.kinds for b in self.kinds if a != b):
+            clash = [(x, y) for x in kind_names(a) for y in kind_names(b) if x in y]
+            if clash:
+                raise ValueError(f"peer kinds {a!r} and {b!r} overlap: {clash[0][0]!r} occurs in {clash[0][1]!r}, so a "
+                                 "prompt could name both")
+
+
+def kind_names(kind: str) -> tuple[str, ...]:
+    """The names a prompt may use for ``kind``: its synthetic SYNONYMS, else the kind itself (lower case)."""
+    return SYNONYMS.get(kind, (kind.strip().lower(),))
 
 
 @dataclass
@@ -87,8 +101,8 @@ class PromptedPeer(nn.Module):
         self.net = _build_network(peer)
         self.register_buffer("pixel_mean", torch.tensor(model.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(model.pixel_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        # every name of every kind (no name of one kind occurs in a name of another: synthetic.SYNONYMS)
-        self._names = [(name, i) for i, kind in enumerate(peer.kinds) for name in SYNONYMS[kind]]
+        # every name of every kind (no name of one kind occurs in a name of another: PeerConfig checks)
+        self._names = [(name, i) for i, kind in enumerate(peer.kinds) for name in kind_names(kind)]
 
     @property
     def device(self) -> torch.device:
