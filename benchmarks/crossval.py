@@ -177,7 +177,8 @@ def _job(model_name: str, data: str | list[str], fold, out: Path, args: argparse
     native = not model_name.endswith("-resize")
     tc = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_every=args.steps,
                      val_batches=1, warmup_steps=max(1, args.steps // 10), freeze=("backbone",) if lite else (),
-                     patch_overlap=args.overlap if native else None, negative_ratio=args.negatives if multi else 0.0)
+                     patch_overlap=args.overlap if native else None, negative_ratio=args.negatives if multi else 0.0,
+                     target_fraction=args.target_fraction)
     model = get_preset("lite" if lite else "tiny", **({"existence": True} if multi else {}))
     return TrainJob(model=model, train=tc, data=data, out=out / "run", data_seed=args.seed, fold=fold, progress=False,
                     peer=peer, init=_lite_init(args.weights, args.runs, existence=multi, seed=args.seed) if lite else None,
@@ -227,7 +228,8 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
     result = _result(report, dataset=name, model=model_name, fold=fold, folds=folds, test_groups=test.groups,
                      train_seconds=None if train_s is None else round(train_s, 1), eval_seconds=round(eval_s, 1),
                      steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                     window_overlap=args.overlap if native else None, **extra)
+                     window_overlap=args.overlap if native else None,
+                     target_fraction=args.target_fraction if native else None, **extra)
     write_json(result, result_path)
     return result
 
@@ -280,7 +282,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, info: dict) -> str:
                      f"{f(r['fp_per_image'])} | {r['train_minutes']} |")
     lines += ["", f"Command: `{info['command']}`. Machine: {info['machine']['cpu']}, {info['machine']['torch_threads']} "
                   f"torch thread(s), {info['machine']['date']}. Steps {args.steps}, batch {args.batch_size}, lr {args.lr}, "
-                  f"seed {args.seed}, window overlap {args.overlap}."]
+                  f"seed {args.seed}, window overlap {args.overlap}, target fraction {args.target_fraction}."]
     if any(r["model"] in BOX_MODELS for r in rows):
         lines += ["", "`lite-box` / `lite-box-crop`: no training, an upper bound on outlining: LiteMedSAM (its TinyViT and "
                       "SAM's box-prompted decoder, `lite_medsam.pth`) given the true box of each connected component of the "
@@ -308,6 +310,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overlap", type=float, default=0.0, help="native models: patch grid and sliding-window overlap")
+    p.add_argument("--target-fraction", type=float, default=TrainConfig.target_fraction,
+                   help="native models: share of training patches drawn around the target (TrainConfig.target_fraction)")
     p.add_argument("--negatives", type=float, default=0.25, metavar="RATIO",
                    help="multi models: negative prompts per training sample (TrainConfig.negative_ratio)")
     p.add_argument("--data", type=Path, default=DATA, help="folder holding the dataset folders")
@@ -336,6 +340,8 @@ def main() -> None:
         p.error(f"--weights: LiteMedSAM's lite_medsam.pth is needed for lite models, got {args.weights}")
     if not 0.0 <= args.overlap < 1.0:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
+    if not 0.0 <= args.target_fraction <= 1.0:
+        p.error(f"--target-fraction must be in [0, 1], got {args.target_fraction}")
     if not args.negatives >= 0:
         p.error(f"--negatives must be >= 0, got {args.negatives}")
     if any(m in MULTI_MODELS for m in models) and len(set(datasets)) < 2 and not args.summarise_only:

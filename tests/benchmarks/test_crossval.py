@@ -20,7 +20,7 @@ def cv():
 
 
 def _args(tmp_path: Path) -> argparse.Namespace:
-    return argparse.Namespace(steps=40, batch_size=4, lr=1e-3, seed=3, overlap=0.0, negatives=0.25, weights=None,
+    return argparse.Namespace(steps=40, batch_size=4, lr=1e-3, seed=3, overlap=0.0, negatives=0.25, weights=None, target_fraction=0.8,
                               runs=tmp_path, cache=tmp_path / "cache")
 
 

@@ -86,6 +86,25 @@ def test_a_bad_recipe_option_is_one_line_naming_it_and_nothing_is_written(tmp_pa
     _fails(["train", "--data", "synthetic", "--out", str(out), *MICRO, "--copy-paste", "1.5"], capsys,
            "--copy-paste", "[0, 1]")
     assert not out.exists()
+    _fails(["train", "--data", "synthetic", "--out", str(out), *MICRO, "--patch-overlap", "0", "--target-fraction", "1.2"],
+           capsys, "--target-fraction", "[0, 1]")
+    _fails(["train", "--data", "synthetic", "--out", str(out), *MICRO, "--target-fraction", "0.3"], capsys,
+           "--target-fraction", "--patch-overlap")
+    assert not out.exists()
     with pytest.raises(SystemExit):  # argparse's choices: the loss and the scale jitter
         main(["train", "--data", "synthetic", "--out", str(out), "--loss", "focal"])
     assert "dice_focal" in capsys.readouterr().err
+
+
+def test_patch_options_reach_the_training_config():
+    import argparse
+
+    from boltzformer.cli.train import _train_configs, add_train_args
+
+    p = argparse.ArgumentParser()
+    add_train_args(p)
+    _, tc = _train_configs(p.parse_args(["--patch-overlap", "0.25",
+                                         "--target-fraction", "0.33"]))
+    assert (tc.patch_overlap, tc.target_fraction) == (0.25, 0.33)
+    _, default = _train_configs(p.parse_args(["--patch-overlap", "0"]))
+    assert default.target_fraction == 0.8

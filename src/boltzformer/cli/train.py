@@ -42,7 +42,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-overlap", type=float, default=None, metavar="OVERLAP",
                    help="train on native-resolution patches of the input size (no resize), on the grid of a sliding "
                         "window with this overlap in [0, 1) (evaluate / predict with the same --window-overlap); "
-                        "patches hold the target 80%% of the time and tiny-target images are drawn 4x as often")
+                        "patches hold the target 80%% of the time (--target-fraction) and tiny-target images are drawn "
+                        "4x as often")
+    p.add_argument("--target-fraction", type=float, default=None, metavar="F",
+                   help="with --patch-overlap: share of patches drawn around the target, the rest anywhere "
+                        "(default 0.8; lower shows the model more background, the windows inference sees most)")
     p.add_argument("--feature-cache", default=None, metavar="DIR",
                    help="with --freeze backbone: compute the frozen encoder's features once per image into DIR "
                         "(keyed by encoder weights, image content and preprocessing) and flip features, not images")
@@ -140,6 +144,12 @@ def _train_configs(args: argparse.Namespace):
         if not 0.0 <= args.patch_overlap < 1.0:
             raise ValueError(f"--patch-overlap must be in [0, 1), got {args.patch_overlap}")
         tc.patch_overlap = args.patch_overlap
+    if args.target_fraction is not None:
+        if args.patch_overlap is None:
+            raise ValueError("--target-fraction applies to native-resolution patches: give --patch-overlap too")
+        if not 0.0 <= args.target_fraction <= 1.0:
+            raise ValueError(f"--target-fraction must be in [0, 1], got {args.target_fraction}")
+        tc.target_fraction = args.target_fraction
     return model_cfg, tc
 
 
