@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import boltzformer
 from boltzformer.app import lesion_rows, load_upload, parse_prompts, segment, summary_rows
@@ -22,6 +20,7 @@ from boltzformer.app.core import preview
 from boltzformer.io.images import DataError
 from boltzformer.io.medical import read_label
 from boltzformer.io.windows import to_uint8
+from tests.files import dicom_slice, png
 
 PROMPT = "lower-grade glioma in brain FLAIR MRI"
 LGG = ("lgg_brain_flair", "images", "TCGA_CS_4941_19960909_11.png")
@@ -42,34 +41,6 @@ def small_target_model(image: np.ndarray, *, existence: bool = False, fraction: 
 @functools.lru_cache(maxsize=None)
 def _lgg_model(path: str):
     return small_target_model(preview(load_upload(path)))
-
-
-def _png(path, array):
-    Image.fromarray(array).save(path)
-    return path
-
-
-def _dicom_slice(path, pixels, *, z: float, instance: int) -> None:
-    """One axial CT slice, 0.7 x 0.9 mm pixels, 2.5 mm apart (patient axes, no tilt)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1", "1.2.826.0.1.1"
-    ds.Modality, ds.InstanceNumber = "CT", instance
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation = 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.ImagePositionPatient = [0.0, 0.0, z]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [0.7, 0.9]
-    ds.SliceThickness = 2.5
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 def test_parse_prompts_splits_lines_and_semicolons():
@@ -109,7 +80,7 @@ def test_segment_a_png_gives_every_result_per_prompt(shared_data, tmp_path):
 
 
 def test_existence_probability_is_shown_when_the_model_has_the_head(tmp_path):
-    image = load_upload(_png(tmp_path / "x.png", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)))
+    image = load_upload(png(tmp_path / "x.png", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)))
     model = small_target_model(preview(image), existence=True)
     (r,) = segment(boltzformer.Predictor(model), image, PROMPT, out_dir=tmp_path, samples=2)
     expected = boltzformer.Predictor(model).predict_samples(preview(image), PROMPT, 2)["existence"]
@@ -118,7 +89,7 @@ def test_existence_probability_is_shown_when_the_model_has_the_head(tmp_path):
 
 
 def test_each_image_is_encoded_once_for_every_prompt_and_its_sampling_maps(tmp_path):
-    image = load_upload(_png(tmp_path / "x.png", (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)))
+    image = load_upload(png(tmp_path / "x.png", (np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)))
     model = small_target_model(preview(image))
     calls = []
     original = model.encode_image
@@ -160,7 +131,7 @@ def test_sliding_window_gives_the_predictors_masks_on_the_image_grid_without_sam
     rows, cols = np.mgrid[:80, :100]
     pixels = (60 + 40 * np.sin(rows / 7) * np.cos(cols / 9)).astype(np.uint8)
     pixels[30:38, 50:60] = 230  # a small bright target
-    image = load_upload(_png(tmp_path / "x.png", pixels))
+    image = load_upload(png(tmp_path / "x.png", pixels))
     model = small_target_model(preview(image), fraction=0.05)
     results = segment(boltzformer.Predictor(model, window_overlap=0.25, seed=1), image, [PROMPT, "tumour"],
                       out_dir=tmp_path / "o", samples=3)
@@ -199,7 +170,7 @@ def test_the_page_with_a_sliding_window_says_there_are_no_sampling_maps(tmp_path
     shown = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert "64 x 64 input slides over each image" in shown["window-note"].value and not shown["sampling"].visible
     session = ui._Session(model, tmp_path / "work", 2**20, 2**20, window_overlap=0.5)
-    image, *_ = session.on_upload(str(_png(tmp_path / "x.png", np.arange(48 * 40, dtype=np.uint8).reshape(48, 40))))
+    image, *_ = session.on_upload(str(png(tmp_path / "x.png", np.arange(48 * 40, dtype=np.uint8).reshape(48, 40))))
     summary, overlays, _, sampling, *_, status = session.on_segment(image, "nodule", 2, 0.5, 0, 0, "2d",
                                                                     progress=lambda *a, **k: None)
     assert len(summary) == len(overlays) == 1 and sampling == []
@@ -209,7 +180,8 @@ def test_the_page_with_a_sliding_window_says_there_are_no_sampling_maps(tmp_path
 def test_zipped_dicom_series_is_one_volume_and_member_names_stay_inside(tmp_path):
     rng = np.random.default_rng(1)
     for k in range(3):
-        _dicom_slice(tmp_path / f"s{k}.dcm", (rng.random((24, 20)) * 2000).astype(np.uint16), z=2.5 * k, instance=k + 1)
+        dicom_slice(tmp_path / f"s{k}.dcm", (rng.random((24, 20)) * 2000).astype(np.uint16), position=(0.0, 0.0, 2.5 * k),
+                    instance=k + 1)
     archive = tmp_path / "series.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for k in range(3):
@@ -245,7 +217,7 @@ def test_a_bad_file_is_one_clear_error(tmp_path, name, content, message):
 
 
 def test_pixel_and_voxel_limits(tmp_path):
-    _png(tmp_path / "big.png", np.zeros((20, 30), np.uint8))
+    png(tmp_path / "big.png", np.zeros((20, 30), np.uint8))
     with pytest.raises(DataError, match=r"big.png: image of \(20, 30\) = 600 pixels is over the app's limit of 500"):
         load_upload(tmp_path / "big.png", max_pixels=500)
     nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), np.eye(4)), tmp_path / "v.nii")
@@ -254,7 +226,7 @@ def test_pixel_and_voxel_limits(tmp_path):
 
 
 def test_segment_rejects_bad_options(tmp_path):
-    image = load_upload(_png(tmp_path / "x.png", np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)))
+    image = load_upload(png(tmp_path / "x.png", np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)))
     predictor = boltzformer.Predictor(boltzformer.build_model("tiny", image_size=64, num_layers=3, num_queries=4))
     with pytest.raises(ValueError, match=r"samples \(K\) must be in \[2, 64\]"):
         segment(predictor, image, "nodule", out_dir=tmp_path, samples=1)
@@ -277,7 +249,7 @@ def test_ui_handlers_show_one_message_and_the_app_is_offline(tmp_path, monkeypat
     assert str(folder) not in status and "Traceback" not in status
     *_, status = session.on_segment(None, "nodule", 4, 0.5, 0, 0, "2d", progress=lambda *a, **k: None)
     assert "upload an image first" in status
-    image, *_ = session.on_upload(str(_png(folder / "ok.png", np.arange(32 * 32, dtype=np.uint8).reshape(32, 32))))
+    image, *_ = session.on_upload(str(png(folder / "ok.png", np.arange(32 * 32, dtype=np.uint8).reshape(32, 32))))
     *_, status = session.on_segment(image, " ; ", 4, 0.5, 0, 0, "2d", progress=lambda *a, **k: None)
     assert status.startswith("**Error:** ") and "at least one prompt" in status
 

@@ -1,19 +1,12 @@
 """Helpers of the command-line tests (imported by name, as tests/evaluate/evaluate_helpers.py): the micro
-training arguments, a PNG writer and the check that a command fails with one line naming the problem."""
+training arguments and the check that a command fails with one line naming the problem."""
 
 from __future__ import annotations
-
-from PIL import Image
 
 from boltzformer.cli import main
 
 MICRO = ["--max-steps", "2", "--batch-size", "2", "--val-every", "2", "--val-batches", "1", "--image-size", "64",
          "--set", "num_layers=3", "--set", "num_queries=4", "--quiet"]
-
-
-def _png(path, array):
-    Image.fromarray(array).save(path)
-    return path
 
 
 def _fails(argv, capsys, *needles):

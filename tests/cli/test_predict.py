@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 
 from boltzformer.cli import main
-from tests.cli.cli_helpers import _fails, _png
+from tests.cli.cli_helpers import _fails
+from tests.files import png
 
 
 def test_predict_writes_a_mask_of_the_input_size_and_an_overlay(run_dir, tmp_path):
-    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((150, 97)) * 255).astype(np.uint8))
+    image = png(tmp_path / "scan.png", (np.random.default_rng(0).random((150, 97)) * 255).astype(np.uint8))
     out = tmp_path / "out" / "mask.png"
     assert main(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "nodule", "--out", str(out)]) == 0
     mask = np.array(Image.open(out))
@@ -29,7 +30,7 @@ def test_predict_writes_a_mask_of_the_input_size_and_an_overlay(run_dir, tmp_pat
 
 
 def test_predict_with_samples_writes_uncertainty(run_dir, tmp_path):
-    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((64, 48)) * 255).astype(np.uint8))
+    image = png(tmp_path / "scan.png", (np.random.default_rng(0).random((64, 48)) * 255).astype(np.uint8))
     out = tmp_path / "m.png"
     assert main(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "cyst",
                  "--out", str(out), "--samples", "3"]) == 0
@@ -39,7 +40,7 @@ def test_predict_with_samples_writes_uncertainty(run_dir, tmp_path):
 
 
 def test_explain_writes_sampling_maps(run_dir, tmp_path):
-    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((80, 64)) * 255).astype(np.uint8))
+    image = png(tmp_path / "scan.png", (np.random.default_rng(0).random((80, 64)) * 255).astype(np.uint8))
     out = tmp_path / "explain"
     assert main(["explain", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "nodule", "--out", str(out)]) == 0
     arrays = np.load(out / "sampling_maps.npz")
@@ -53,7 +54,7 @@ def test_explain_writes_sampling_maps(run_dir, tmp_path):
 
 
 def test_error_empty_prompt_writes_nothing(run_dir, tmp_path, capsys):
-    image = _png(tmp_path / "scan.png", np.zeros((64, 64), np.uint8))
+    image = png(tmp_path / "scan.png", np.zeros((64, 64), np.uint8))
     _fails(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", " ", "--out", str(tmp_path / "m.png")],
            capsys, "--prompt", "empty")
     assert list(tmp_path.iterdir()) == [image]
@@ -81,7 +82,7 @@ def test_error_checkpoint_that_is_not_ours(run_dir, tmp_path, capsys, kind):
         needle = "could not be read"
     else:
         needle = "does not exist"
-    image = _png(tmp_path / "scan.png", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    image = png(tmp_path / "scan.png", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     _fails(["predict", "--checkpoint", str(ckpt), "--image", str(image), "--prompt", "x", "--out", str(tmp_path / "m.png")],
            capsys, str(ckpt), needle)
     assert not (tmp_path / "m.png").exists()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from boltzformer.cli import main
-from tests.cli.cli_helpers import MICRO, _fails, _png
+from tests.cli.cli_helpers import MICRO, _fails
+from tests.files import png
 
 
 def test_train_writes_checkpoint_config_and_logs(run_dir):
@@ -72,8 +73,8 @@ def test_error_image_mask_size_mismatch(tmp_path, capsys):
     (root / "masks").mkdir()
     pairs = []
     for i in range(4):
-        _png(root / f"images/i{i}.png", np.zeros((32, 32, 3), np.uint8))
-        _png(root / f"masks/m{i}.png", np.zeros((32, 16) if i == 2 else (32, 32), np.uint8))
+        png(root / f"images/i{i}.png", np.zeros((32, 32, 3), np.uint8))
+        png(root / f"masks/m{i}.png", np.zeros((32, 16) if i == 2 else (32, 32), np.uint8))
         pairs.append({"id": f"m{i}", "image": f"images/i{i}.png", "mask": f"masks/m{i}.png", "prompt": "x"})
     (root / "meta.json").write_text(json.dumps({"pairs": pairs}))
     _fails(["train", "--data", str(root), "--out", str(tmp_path / "r"), *MICRO], capsys, "masks/m2.png is 32x16")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from boltzformer.data.folder import DataError, FolderDataset, open_folder_datasets, split_groups
 from boltzformer.io.images import read_image, read_mask
+from tests.files import png
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
@@ -161,11 +162,6 @@ def test_open_folder_datasets_concatenates():
 # ------------------------------------------------------------------------------------- tiny built datasets
 
 
-def _png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 def make_dataset(root: Path, n: int = 3, size: tuple[int, int] = (8, 8), **overrides) -> Path:
     """n images with one mask each; overrides: {pair index: dict of fields to replace (None deletes)}."""
     pairs = []
@@ -173,8 +169,8 @@ def make_dataset(root: Path, n: int = 3, size: tuple[int, int] = (8, 8), **overr
         img = np.full((*size, 3), 40 * i, np.uint8)
         mask = np.zeros(size, np.uint8)
         mask[: i + 1, : i + 1] = 255
-        _png(root / f"images/im{i}.png", img)
-        _png(root / f"masks/m{i}.png", mask)
+        png(root / f"images/im{i}.png", img)
+        png(root / f"masks/m{i}.png", mask)
         pairs.append({"id": f"m{i}", "image": f"images/im{i}.png", "mask": f"masks/m{i}.png", "prompt": "a dot"})
     for i, fields in overrides.get("pairs", {}).items():
         for k, v in fields.items():
@@ -267,7 +263,7 @@ def test_truncated_png_fails_lazily_naming_the_file(tmp_path):
     root = make_dataset(tmp_path / "d", size=(64, 64))
     path = root / "images/im1.png"
     rng = np.random.default_rng(0)  # noise does not compress, so the cut lands in pixel data
-    _png(path, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    png(path, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     ds = FolderDataset(root)  # the header is intact: construction passes
     ds[0]
@@ -277,7 +273,7 @@ def test_truncated_png_fails_lazily_naming_the_file(tmp_path):
 
 def test_mask_size_mismatch(tmp_path):
     root = make_dataset(tmp_path / "d")
-    _png(root / "masks/m1.png", np.zeros((4, 6), np.uint8))
+    png(root / "masks/m1.png", np.zeros((4, 6), np.uint8))
     with pytest.raises(DataError, match=r"mask masks/m1\.png is 4x6 but its image images/im1\.png is 8x8"):
         FolderDataset(root)  # eager: headers are read at construction
     ds = FolderDataset(root, verify=False)
@@ -286,7 +282,7 @@ def test_mask_size_mismatch(tmp_path):
 
 
 def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
-    _png(tmp_path / "big.png", np.zeros((64, 64, 3), np.uint8))
+    png(tmp_path / "big.png", np.zeros((64, 64, 3), np.uint8))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64*64 > 2 * 100: Pillow refuses to decode
     with pytest.raises(DataError, match=r"big\.png is too large"):
         read_image(tmp_path / "big.png")
@@ -294,12 +290,12 @@ def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
 
 def test_read_image_and_mask(tmp_path):
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
-    _png(tmp_path / "g.png", grey)
+    png(tmp_path / "g.png", grey)
     img = read_image(tmp_path / "g.png")
     assert img.shape == (3, 4, 3) and img.dtype == np.uint8
     assert (img == grey[..., None]).all()  # grey replicated to 3 channels
     m = np.array([[0, 127, 128, 255]], np.uint8)
-    _png(tmp_path / "m.png", m)
+    png(tmp_path / "m.png", m)
     assert read_mask(tmp_path / "m.png").tolist() == [[False, False, True, True]]
     (tmp_path / "t.txt").write_text("hello")
     with pytest.raises(DataError, match=r"t\.txt could not be read as an image"):

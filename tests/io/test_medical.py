@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from boltzformer.io import formats
 from boltzformer.io.images import DataError, read_image
 from boltzformer.io.medical import MedicalImage, load_image, read_label, write_mask
 from boltzformer.io.windows import to_uint8
+from tests.files import dicom_slice, png
 
 # ---------------------------------------------------------------- file builders
 
@@ -40,26 +39,8 @@ def _nifti(path, data, affine=None, *, slope=None, inter=None):
     return path
 
 
-def _dicom_slice(path, pixels, *, position, orientation, spacing=(0.7, 0.9), series_uid="1.2.826.0.1.1", instance=1):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1", series_uid
-    ds.Modality, ds.InstanceNumber = "CT", instance
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation = 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
-    ds.ImagePositionPatient = [float(v) for v in position]
-    ds.ImageOrientationPatient = [float(v) for v in orientation]
-    ds.PixelSpacing = [float(v) for v in spacing]
-    ds.SliceThickness = 2.5
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+def _ct_slice(path, pixels, **kw):
+    dicom_slice(path, pixels, slope=2, **kw)  # stored values x 2 - 1024 = HU
 
 
 # a CT series tilted 20 degrees about the patient's z axis (LPS), slices 2.5 mm apart
@@ -76,7 +57,7 @@ def _series(folder, pixels, *, series_uid="1.2.826.0.1.1", skip=(), seed=0):
     order = [k for k in range(len(pixels)) if k not in skip]
     random.Random(seed).shuffle(order)
     for n, k in enumerate(order):
-        _dicom_slice(folder / f"{series_uid[-3:]}_{n:03d}.dcm", pixels[k], position=_ORIGIN + k * 2.5 * _NORMAL,
+        _ct_slice(folder / f"{series_uid[-3:]}_{n:03d}.dcm", pixels[k], position=_ORIGIN + k * 2.5 * _NORMAL,
                      orientation=[*_ROW_DIR, *_COL_DIR], series_uid=series_uid, instance=k + 1)
     return folder
 
@@ -124,7 +105,7 @@ def test_nifti_views_and_file_axes(tmp_path):
     with pytest.raises(ValueError, match="axis must be 0, 1, 2 or one of"):
         load_image(path, axis="transverse")
     with pytest.raises(ValueError, match="applies to volumes"):
-        load_image(_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8)), axis=0)
+        load_image(png(tmp_path / "a.png", np.zeros((4, 4), np.uint8)), axis=0)
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
@@ -235,7 +216,7 @@ def test_dicom_series_with_a_missing_slice(tmp_path):
 
 def test_dicom_duplicate_position_and_bad_files(tmp_path):
     folder = _series(tmp_path / "dup", np.zeros((3, 4, 4)))
-    _dicom_slice(folder / "extra.dcm", np.zeros((4, 4)), position=_ORIGIN, orientation=[*_ROW_DIR, *_COL_DIR])
+    _ct_slice(folder / "extra.dcm", np.zeros((4, 4)), position=_ORIGIN, orientation=[*_ROW_DIR, *_COL_DIR])
     with pytest.raises(DataError, match="are at the same position"):
         load_image(folder)
     (tmp_path / "garbage.dcm").write_bytes(b"\x89garbage" * 40)
@@ -254,7 +235,7 @@ def test_dicom_duplicate_position_and_bad_files(tmp_path):
 
 
 def test_truncated_dicom_pixel_data(tmp_path):
-    _dicom_slice(tmp_path / "one.dcm", np.full((16, 16), 1000), position=_ORIGIN, orientation=[*_ROW_DIR, *_COL_DIR])
+    _ct_slice(tmp_path / "one.dcm", np.full((16, 16), 1000), position=_ORIGIN, orientation=[*_ROW_DIR, *_COL_DIR])
     raw = (tmp_path / "one.dcm").read_bytes()
     (tmp_path / "cut.dcm").write_bytes(raw[: len(raw) - 300])
     with pytest.raises(DataError, match=r"cut\.dcm"):
@@ -263,7 +244,7 @@ def test_truncated_dicom_pixel_data(tmp_path):
 
 def test_single_dicom_file_is_a_2d_image(tmp_path):
     pixels = np.arange(20).reshape(4, 5) * 100
-    _dicom_slice(tmp_path / "slice", pixels, position=_ORIGIN, orientation=[*_ROW_DIR, *_COL_DIR])  # no extension
+    _ct_slice(tmp_path / "slice", pixels, position=_ORIGIN, orientation=[*_ROW_DIR, *_COL_DIR])  # no extension
     img = load_image(tmp_path / "slice")
     assert not img.is_volume and img.modality == "CT" and img.spacing == (0.7, 0.9)
     assert np.array_equal(img.array, pixels * 2.0 - 1024)
@@ -338,19 +319,14 @@ def test_tiff_stack_over_the_voxel_limit(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- 2D images and labels
 
 
-def _png(path, array):
-    Image.fromarray(array).save(path)
-    return path
-
-
 def test_png_modes_and_write_mask(tmp_path):
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    img = load_image(_png(tmp_path / "g.png", grey))
+    img = load_image(png(tmp_path / "g.png", grey))
     assert img.array.shape == (3, 4) and img.meta["source_dtype"] == "uint8" and np.array_equal(to_uint8(img), grey)
     rgba = np.dstack([np.full((3, 4, 3), 9, np.uint8), np.zeros((3, 4), np.uint8)])
-    assert load_image(_png(tmp_path / "a.png", rgba)).array.shape == (3, 4, 3)  # alpha dropped
+    assert load_image(png(tmp_path / "a.png", rgba)).array.shape == (3, 4, 3)  # alpha dropped
     deep = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
-    img16 = load_image(_png(tmp_path / "d.png", deep))
+    img16 = load_image(png(tmp_path / "d.png", deep))
     assert img16.meta["source_dtype"] in ("uint16", "int32") and np.array_equal(img16.array, deep)
     mask = grey % 2 == 0
     out = write_mask(mask, img, tmp_path / "out" / "mask.png")
@@ -365,7 +341,7 @@ def test_png_modes_and_write_mask(tmp_path):
 
 
 def test_corrupt_png_and_pillow_limit(tmp_path, monkeypatch):
-    raw = _png(tmp_path / "ok.png", np.zeros((64, 64), np.uint8)).read_bytes()
+    raw = png(tmp_path / "ok.png", np.zeros((64, 64), np.uint8)).read_bytes()
     (tmp_path / "cut.png").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match=r"cut\.png could not be read as an image"):
         load_image(tmp_path / "cut.png")
@@ -386,22 +362,22 @@ def test_unknown_files(tmp_path):
 
 
 def test_2d_labels_must_be_binary_and_sized(tmp_path):
-    image = load_image(_png(tmp_path / "im.png", np.zeros((4, 6), np.uint8)))
+    image = load_image(png(tmp_path / "im.png", np.zeros((4, 6), np.uint8)))
     ones = np.zeros((4, 6), np.uint8)
     ones[1, 2] = 1
-    assert np.array_equal(read_label(_png(tmp_path / "ones.png", ones), image), ones)
+    assert np.array_equal(read_label(png(tmp_path / "ones.png", ones), image), ones)
     rgb = np.repeat((ones * 255)[..., None], 3, axis=-1)
-    assert np.array_equal(read_label(_png(tmp_path / "rgb.png", rgb), image), ones)  # grey stored as RGB
+    assert np.array_equal(read_label(png(tmp_path / "rgb.png", rgb), image), ones)  # grey stored as RGB
     soft = ones * 7
     soft[0, 0] = 1
     with pytest.raises(DataError, match=r"soft\.png must be binary .*found 3 values: 0, 1, 7"):
-        read_label(_png(tmp_path / "soft.png", soft), image)
+        read_label(png(tmp_path / "soft.png", soft), image)
     colour = rgb.copy()
     colour[0, 0] = (255, 0, 0)
     with pytest.raises(DataError, match=r"colour\.png is a colour image"):
-        read_label(_png(tmp_path / "colour.png", colour), image)
+        read_label(png(tmp_path / "colour.png", colour), image)
     with pytest.raises(DataError, match=r"small\.png is 3x6 but its image .*im\.png is 4x6"):
-        read_label(_png(tmp_path / "small.png", np.zeros((3, 6), np.uint8)), image)
+        read_label(png(tmp_path / "small.png", np.zeros((3, 6), np.uint8)), image)
 
 
 def test_nifti_labels_checked_against_the_image_grid(tmp_path):
@@ -425,7 +401,7 @@ def test_nifti_labels_checked_against_the_image_grid(tmp_path):
     with pytest.raises(DataError, match=r"prob\.nii holds non-integer values"):
         read_label(_nifti(tmp_path / "prob.nii", labels * 0.5), image)
     with pytest.raises(DataError, match="is a NIfTI volume but its image .* is a 2D image"):
-        read_label(tmp_path / "lab.nii.gz", load_image(_png(tmp_path / "x.png", np.zeros((2, 2), np.uint8))))
+        read_label(tmp_path / "lab.nii.gz", load_image(png(tmp_path / "x.png", np.zeros((2, 2), np.uint8))))
 
 
 # ---------------------------------------------------------------- real data

@@ -11,11 +11,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-
-def _png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
+from tests.files import png
 
 
 def _meta(out: Path) -> dict:
@@ -43,14 +39,14 @@ def _make_biomedparse(root: Path) -> dict[str, np.ndarray]:
             arr[..., 3] = 255
         else:
             arr = m.astype(np.uint8) * 255
-        _png(root / f"{split}_mask" / name, arr)
+        png(root / f"{split}_mask" / name, arr)
         expected[f"{split}/{name}"] = m
 
-    _png(root / "train" / "0001_CT_abdomen.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
-    _png(root / "train" / "0002_MRI-FLAIR_brain.png", rng.integers(0, 255, (24, 32), dtype=np.uint8))
-    _png(root / "train" / "0003_X-Ray_chest.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
-    _png(root / "train" / "0004_CT_lung.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))  # no mask
-    _png(root / "test" / "0001_pathology_liver.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    png(root / "train" / "0001_CT_abdomen.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    png(root / "train" / "0002_MRI-FLAIR_brain.png", rng.integers(0, 255, (24, 32), dtype=np.uint8))
+    png(root / "train" / "0003_X-Ray_chest.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    png(root / "train" / "0004_CT_lung.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))  # no mask
+    png(root / "test" / "0001_pathology_liver.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
     mask("0001_CT_abdomen_liver.png", (2, 12, 3, 20), encoding="255")
     mask("0001_CT_abdomen_kidney+cyst.png", (15, 17, 25, 27), encoding="01")
     mask("0002_MRI-FLAIR_brain_lower-grade+glioma.png", (5, 9, 5, 8), encoding="rgba")

@@ -10,7 +10,8 @@ import pytest
 from boltzformer.data.folder import FolderDataset
 from boltzformer.data.importers import detect_kind, import_dataset
 from boltzformer.io.images import DataError
-from tests.data.importers.importers_helpers import _make_biomedparse, _mask, _meta, _png
+from tests.data.importers.importers_helpers import _make_biomedparse, _mask, _meta
+from tests.files import png
 
 
 def test_biomedparse_import(tmp_path):
@@ -57,19 +58,19 @@ def test_biomedparse_import(tmp_path):
 def test_biomedparse_errors_name_the_file(tmp_path):
     src = tmp_path / "bp"
     _make_biomedparse(src)
-    orphan = _png(src / "train_mask" / "0009_CT_lung_nodule.png", np.zeros((24, 32), np.uint8))
+    orphan = png(src / "train_mask" / "0009_CT_lung_nodule.png", np.zeros((24, 32), np.uint8))
     with pytest.raises(DataError, match=r"0009_CT_lung_nodule\.png has no image .*0009_CT_lung\.png"):
         import_dataset(src, tmp_path / "out")
     orphan.unlink()
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
 
-    _png(src / "train" / "0005_CT.png", np.zeros((24, 32), np.uint8))
-    bad = _png(src / "train_mask" / "0005_CT_nodule.png", np.zeros((24, 32), np.uint8))
+    png(src / "train" / "0005_CT.png", np.zeros((24, 32), np.uint8))
+    bad = png(src / "train_mask" / "0005_CT_nodule.png", np.zeros((24, 32), np.uint8))
     with pytest.raises(DataError, match=r"0005_CT\.png.*\[IMAGE-NAME\]_\[MODALITY\]_\[SITE\]"):
         import_dataset(src, tmp_path / "out")
     bad.unlink()
 
-    _png(src / "train_mask" / "0001_CT_abdomen_spleen.png", np.zeros((10, 10), np.uint8))
+    png(src / "train_mask" / "0001_CT_abdomen_spleen.png", np.zeros((10, 10), np.uint8))
     with pytest.raises(DataError, match=r"0001_CT_abdomen_spleen\.png is 10x10 but its image .* is 24x32"):
         import_dataset(src, tmp_path / "out")
 

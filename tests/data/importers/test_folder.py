@@ -12,7 +12,8 @@ from PIL import Image
 from boltzformer.data.folder import FolderDataset
 from boltzformer.data.importers import detect_kind, import_dataset
 from boltzformer.io.images import DataError
-from tests.data.importers.importers_helpers import _make_biomedparse, _meta, _png
+from tests.data.importers.importers_helpers import _make_biomedparse, _meta
+from tests.files import png
 
 
 def test_folder_validation_copy_and_link(tmp_path):
@@ -35,8 +36,8 @@ def test_folder_validation_lists_every_problem(tmp_path):
     import_dataset(tmp_path / "bp", src)
     meta = _meta(src)
     pairs = meta["pairs"]
-    _png(src / pairs[0]["mask"], (np.asarray(Image.open(src / pairs[0]["mask"])) > 0).astype(np.uint8))  # 0/1
-    _png(src / pairs[1]["mask"], np.zeros((5, 5), np.uint8))  # wrong size
+    png(src / pairs[0]["mask"], (np.asarray(Image.open(src / pairs[0]["mask"])) > 0).astype(np.uint8))  # 0/1
+    png(src / pairs[1]["mask"], np.zeros((5, 5), np.uint8))  # wrong size
     (src / pairs[4]["image"]).write_bytes(b"not a png")
     neg = next(p for p in pairs if p.get("negative"))
     neg["negative"], pairs[2]["negative"] = False, True  # pairs[2] has pixels
