@@ -38,7 +38,8 @@ Models (each trained with the same steps, batch and seed on every fold):
 
 Native models are evaluated with the sliding window (Gaussian blending) at ``--overlap``; the rest
 on the resized image. Each (dataset, model, fold) writes ``<runs>/<dataset>/<model>/fold<k>/result.json``
-and is skipped when that file exists, so the command resumes. The table gives mean, spread (std,
+and is skipped when that file exists, so the command resumes (``--rescore`` tests the trained runs again, as
+after a metric was added, keeping their training time). The table gives mean, spread (std,
 min-max) over folds of Dice, Dice by target size, lesion sensitivity and false positives per image.
 """
 
@@ -111,6 +112,7 @@ def _result(report: dict, **fields) -> dict:
         **fields, "n_test": report["n"], "dice": report["dice"], "dice_by_size": report["dice_by_size"],
         "n_by_size": report["n_by_size"], "sensitivity": det["sensitivity"], "fp_per_image": det["fp_per_image"],
         "failure_rate": report["failure_rate"], "per_image_dice": [s["dice"] for s in report["samples"]],
+        "froc": det.get("froc"),  # None where the masks came without probabilities (the LiteMedSAM rows)
     }
 
 
@@ -201,8 +203,9 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
     root = args.data / folder
     out = args.runs / name / model_name / f"fold{fold}"
     result_path = out / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    old = json.loads(result_path.read_text()) if result_path.exists() else None
+    if old is not None and not (args.rescore and model_name not in BOX_MODELS and model_name not in REFINE_MODELS):
+        return old
     if model_name in BOX_MODELS or model_name in REFINE_MODELS:
         result = (run_box_fold if model_name in BOX_MODELS else run_refine_fold)(name, model_name, fold, args)
         write_json(result, result_path)
@@ -214,6 +217,8 @@ def run_fold(name: str, model_name: str, fold: int, args: argparse.Namespace) ->
     else:
         job = _job(model_name, str(root), (fold, folds), out, args, dataset=name)
         last, train_s = train_or_reuse(job)
+        if train_s is None and old is not None:  # --rescore: the run's own training time
+            train_s = old["train_seconds"]
         extra = {"peer": asdict(job.peer)} if job.peer is not None else {}
     model = load_peer(last) if model_name.startswith("peer") else load_checkpoint(last).eval()
     if lite:
@@ -248,6 +253,12 @@ def _bootstrap(values: list[float], seed: int, n: int = 2000) -> tuple[float, fl
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def _froc_at(result: dict, rate: float) -> float | None:
+    """A fold's FROC sensitivity at ``rate`` false positives per image (None: no FROC in its result)."""
+    roc = result.get("froc")
+    return roc["sensitivity"][roc["fp_rates"].index(rate)] if roc else None
+
+
 def summarise(results: list[dict], seed: int) -> list[dict]:
     rows = []
     keys = sorted({(r["dataset"], r["model"]) for r in results}, key=lambda k: (list(DATASETS).index(k[0]), MODELS.index(k[1])))
@@ -259,6 +270,8 @@ def summarise(results: list[dict], seed: int) -> list[dict]:
             "dice": _spread([r["dice"] for r in rs]), "pooled_dice_ci95": _bootstrap(pooled, seed),
             **{f"dice_{s}": _spread([r["dice_by_size"][s] for r in rs]) for s in SIZES},
             "sensitivity": _spread([r["sensitivity"] for r in rs]), "fp_per_image": _spread([r["fp_per_image"] for r in rs]),
+            "sensitivity_at_half_fp": _spread([_froc_at(r, 0.5) for r in rs]),
+            "cpm": _spread([r["froc"]["cpm"] if r.get("froc") else None for r in rs]),
             "train_minutes": round(sum(r["train_seconds"] or 0.0 for r in rs) / 60, 1),  # None: not known
             **({"trained_on": list(rs[0]["trained_on"]), "negative_ratio": rs[0]["negative_ratio"]}
                if "trained_on" in rs[0] else {}),
@@ -272,17 +285,21 @@ def markdown(rows: list[dict], args: argparse.Namespace, info: dict) -> str:
 
     lines = [
         "| dataset | model | folds | images | Dice (mean ± std over folds, min-max) | pooled Dice 95% CI | tiny | small | large "
-        "| lesion sensitivity | FP / image | train min |",
-        "|---|---|---|---:|---|---|---|---|---|---|---|---:|",
+        "| lesion sensitivity | FP / image | sensitivity at 0.5 FP / image | CPM | train min |",
+        "|---|---|---|---:|---|---|---|---|---|---|---|---|---|---:|",
     ]
     for r in rows:
         ci = r["pooled_dice_ci95"]
         lines.append(f"| {r['dataset']} | {r['model']} | {r['folds']} | {r['n_images']} | {f(r['dice'])} | {ci[0]:.3f}-{ci[1]:.3f} | "
                      f"{f(r['dice_tiny'])} | {f(r['dice_small'])} | {f(r['dice_large'])} | {f(r['sensitivity'])} | "
-                     f"{f(r['fp_per_image'])} | {r['train_minutes']} |")
+                     f"{f(r['fp_per_image'])} | {f(r['sensitivity_at_half_fp'])} | {f(r['cpm'])} | {r['train_minutes']} |")
     lines += ["", f"Command: `{info['command']}`. Machine: {info['machine']['cpu']}, {info['machine']['torch_threads']} "
                   f"torch thread(s), {info['machine']['date']}. Steps {args.steps}, batch {args.batch_size}, lr {args.lr}, "
                   f"seed {args.seed}, window overlap {args.overlap}, target fraction {args.target_fraction}."]
+    lines += ["", "Sensitivity at 0.5 FP / image and CPM (the mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 FP / "
+                  "image, LUNA16's score): the FROC of the predicted lesions ranked by their highest probability "
+                  "(`boltzformer.evaluate.detection.froc`); – where a fold's result has none (LiteMedSAM's rows, and "
+                  "runs tested before it existed)."]
     if any(r["model"] in BOX_MODELS for r in rows):
         lines += ["", "`lite-box` / `lite-box-crop`: no training, an upper bound on outlining: LiteMedSAM (its TinyViT and "
                       "SAM's box-prompted decoder, `lite_medsam.pth`) given the true box of each connected component of the "
@@ -321,6 +338,9 @@ def main() -> None:
                    help="lite-refine*: components of the lite model's mask smaller than this (pixels) are dropped")
     p.add_argument("--runs", type=Path, default=Path("runs/crossval"))
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: <runs>/feature_cache)")
+    p.add_argument("--rescore", action="store_true",
+                   help="test the trained runs again (their checkpoints, training time kept) and rewrite their "
+                        "result.json: after a metric was added")
     p.add_argument("--summarise-only", action="store_true",
                    help="train nothing: tabulate the result.json files already in --runs for the chosen datasets and models")
     p.add_argument("--md", type=Path, required=True)
@@ -340,6 +360,8 @@ def main() -> None:
         p.error(f"--weights: LiteMedSAM's lite_medsam.pth is needed for lite models, got {args.weights}")
     if not 0.0 <= args.overlap < 1.0:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.rescore and args.summarise_only:
+        p.error("--rescore tests the runs again, --summarise-only tests none: give one of them")
     if not 0.0 <= args.target_fraction <= 1.0:
         p.error(f"--target-fraction must be in [0, 1], got {args.target_fraction}")
     if not args.negatives >= 0:

@@ -47,3 +47,39 @@ def test_each_datasets_prompts_select_the_peers_channel(cv):
         peer = PromptedPeer(model=get_preset("tiny", image_size=64), peer=PeerConfig(channels=(4, 8), kinds=(kind,)))
         prompts = sorted({p["prompt"] for p in meta["pairs"]})
         assert peer.channel_of(prompts).tolist() == [0] * len(prompts)
+
+
+def _report(dice: float) -> dict:
+    froc = {"fp_rates": [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0], "sensitivity": [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5],
+            "cpm": 0.357, "score": "highest probability of each predicted lesion"}
+    return {"n": 2, "dice": dice, "dice_by_size": {"tiny": dice, "small": None, "large": None},
+            "n_by_size": {"tiny": 2, "small": 0, "large": 0}, "failure_rate": 0.0, "samples": [{"dice": dice}] * 2,
+            "lesion_detection": {"sensitivity": 0.5, "fp_per_image": 1.0, "froc": froc}}
+
+
+def test_rescore_tests_a_finished_run_again_and_keeps_its_training_time(cv, tmp_path, monkeypatch):
+    """A fold with a result.json is skipped; with --rescore it is tested again (a new metric, here the
+    FROC) and keeps the training time the run took, which reusing the checkpoint cannot measure."""
+    class Dummy:
+        def eval(self):
+            return self
+
+    class Test:
+        groups = ["p1"]
+
+    reports = iter([_report(0.4)])
+    monkeypatch.setattr(cv, "train_or_reuse", lambda job: (tmp_path / "last.ckpt", None))
+    monkeypatch.setattr(cv, "load_checkpoint", lambda path: Dummy())
+    monkeypatch.setattr(cv, "FolderDataset", lambda *a, **k: Test())
+    monkeypatch.setattr(cv, "evaluate_model", lambda *a, **k: next(reports))
+    args = _args(tmp_path)
+    args.data, args.rescore = tmp_path, False
+    out = tmp_path / "lidc" / "tiny" / "fold0" / "result.json"
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps({"dice": 0.1, "train_seconds": 123.0}))
+    assert cv.run_fold("lidc", "tiny", 0, args) == {"dice": 0.1, "train_seconds": 123.0}  # reused as it is
+    args.rescore = True
+    r = cv.run_fold("lidc", "tiny", 0, args)
+    assert (r["dice"], r["train_seconds"], r["froc"]["cpm"]) == (0.4, 123.0, 0.357)
+    assert json.loads(out.read_text())["dice"] == 0.4
+    assert cv._froc_at(r, 0.5) == 0.3 and cv._froc_at({"froc": None}, 0.5) is None

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from boltzformer.evaluate import SegmentationReport, match_lesions
+from boltzformer.evaluate.detection import FROC_FP_RATES, froc
 from tests.evaluate.evaluate_helpers import _mask
 
 
@@ -96,6 +97,47 @@ def test_report_lesion_detection_overall_and_by_size():
     det = strict.compute()["lesion_detection"]
     # IoU: tiny 9/9 -> found; large vs the 25 px blob 25/400 -> missed
     assert det["match"] == "IoU > 0.5" and det["n_detected"] == 1 and det["n_false_positive"] == 4
+
+
+def test_lesion_scores_are_peaks_and_a_true_lesion_takes_its_best_detector():
+    target = _mask((12, 12), (0, 0, 3, 3), (8, 8, 2, 2))
+    pred = _mask((12, 12), (0, 0, 2, 2), (1, 2, 2, 2), (6, 0, 2, 2))  # two blobs over lesion 1, one FP
+    prob = np.where(pred, 0.6, 0.1)
+    prob[0, 0], prob[2, 3], prob[7, 1] = 0.7, 0.9, 0.8
+    true, found = match_lesions(pred, target, probability=prob)
+    # 8-connected: the first two blobs touch, so one predicted lesion (peak 0.9) over lesion 1
+    assert [(x.matched, x.score) for x in found] == [(True, pytest.approx(0.9)), (False, pytest.approx(0.8))]
+    assert [(x.matched, x.score) for x in true] == [(True, pytest.approx(0.9)), (False, None)]
+    assert all(x.score is None for x in match_lesions(pred, target)[1])  # no probabilities, no scores
+    with pytest.raises(ValueError, match="shape"):
+        match_lesions(pred, target, probability=prob[:5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        match_lesions(pred, target, probability=prob * 2)
+
+
+def test_froc_reads_the_best_sensitivity_within_each_false_positive_rate():
+    # 4 images, 4 true lesions; predicted (score, matches true k): found in descending score order
+    size = (20, 20)
+    target = torch.from_numpy(np.stack([_mask(size, (0, 0, 2, 2)), _mask(size, (0, 0, 2, 2)),
+                                        _mask(size, (0, 0, 2, 2)), _mask(size, (0, 0, 2, 2))]))[:, None]
+    pred = torch.from_numpy(np.stack([_mask(size, (0, 0, 2, 2), (10, 10, 2, 2)), _mask(size, (0, 0, 2, 2)),
+                                      _mask(size, (10, 10, 2, 2)), _mask(size, (0, 0, 2, 2))]))[:, None]
+    probs = [np.where(pred[i, 0].numpy(), 0.0, 0.0) for i in range(4)]
+    probs[0][0:2, 0:2], probs[0][10:12, 10:12] = 0.95, 0.9  # TP 0.95, FP 0.9
+    probs[1][0:2, 0:2] = 0.7  # TP 0.7
+    probs[2][10:12, 10:12] = 0.8  # FP 0.8 (its true lesion is missed)
+    probs[3][0:2, 0:2] = 0.6  # TP 0.6
+    rep = SegmentationReport()
+    rep.update(pred, target, ids=list("abcd"), prompts=["x"] * 4, probabilities=probs)
+    roc = rep.compute()["lesion_detection"]["froc"]
+    # thresholds 0.95 (sens 1/4, fp 0), 0.9 (1/4, 1/4), 0.8 (1/4, 2/4), 0.7 (2/4, 2/4), 0.6 (3/4, 2/4)
+    assert roc["fp_rates"] == list(FROC_FP_RATES)
+    assert roc["sensitivity"] == [0.25, 0.25, 0.75, 0.75, 0.75, 0.75, 0.75]
+    assert roc["cpm"] == pytest.approx((0.25 * 2 + 0.75 * 5) / 7)
+    plain = SegmentationReport()
+    plain.update(pred, target, ids=list("abcd"), prompts=["x"] * 4)
+    assert plain.compute()["lesion_detection"]["froc"] is None  # no probabilities: no ranking
+    assert froc([], [], 4) is None
 
 
 # ----------------------------------------------------------------------------------------- HD95 and NSD

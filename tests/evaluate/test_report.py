@@ -40,8 +40,8 @@ def test_report_numbers(report):
         "hd95": pytest.approx(float(np.percentile([math.hypot(90, 90 - c) for c in range(5)], 95)), rel=1e-6),
         "nsd": 0.0,
         "distance_unit": "px",
-        "true_lesions": [{"area_px": 5, "area_fraction": 0.0005, "bucket": "tiny", "matched": False}],
-        "pred_lesions": [{"area_px": 5, "area_fraction": 0.0005, "bucket": "tiny", "matched": False}],
+        "true_lesions": [{"area_px": 5, "area_fraction": 0.0005, "bucket": "tiny", "matched": False, "score": None}],
+        "pred_lesions": [{"area_px": 5, "area_fraction": 0.0005, "bucket": "tiny", "matched": False, "score": None}],
         "agreement": None,
         "mask_probability": None,
     }

@@ -51,6 +51,10 @@ def test_evaluate_model_with_k_samples_is_reproducible_and_records_agreement(tin
     assert a["sampling_passes"] == 3 and a["pass_seeds"] == [7, 8, 9] and a["seed"] == 7
     assert all(0.0 <= s["agreement"] <= 1.0 for s in a["samples"])
     assert a["uncertainty"]["agreement"]["n"] == 4 and "lesion_detection" in a and "boundary" in a
+    # every predicted lesion is scored by the mean probability map, so the report has its FROC
+    found = [x for s in a["samples"] for x in s["pred_lesions"]]
+    assert found and all(0.5 < x["score"] <= 1.0 for x in found)
+    assert a["lesion_detection"]["froc"]["sensitivity"][-1] <= a["lesion_detection"]["sensitivity"]
     # the scored mask is the mean of the passes; the agreement is that of their thresholded masks
     items = [synthetic[i] for i in range(2)]
     gens = [torch.Generator().manual_seed(7 + k) for k in range(3)]

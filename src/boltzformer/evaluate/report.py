@@ -81,6 +81,7 @@ class SegmentationReport:
         spacings: Sequence[tuple[float, float] | None] | None = None,
         agreements: Sequence[float | None] | None = None,
         mask_probabilities: Sequence[float | None] | None = None,
+        probabilities: Sequence[Any] | None = None,
     ) -> list[SampleRecord]:
         """Score one batch and add its records.
 
@@ -94,6 +95,8 @@ class SegmentationReport:
             spacings: B (row, col) pixel sizes in mm, or ``None`` where unknown (distances in pixels then).
             agreements: B agreement scores of K sampled passes (see :func:`pairwise_agreement`), or ``None``.
             mask_probabilities: B mean probabilities over each predicted mask's pixels, or ``None`` (empty mask).
+            probabilities: B (H, W) probability maps the masks were thresholded from (or ``None`` each): they
+                score every lesion, for the report's FROC (:func:`~boltzformer.evaluate.detection.froc`).
 
         Returns:
             The B new records.
@@ -105,7 +108,8 @@ class SegmentationReport:
         dice = dice_per_sample(pred, target)  # (B,)
         B, _, H, W = target.shape
         per_sample = (("ids", ids), ("prompts", prompts), ("area_fractions", area_fractions), ("spacings", spacings),
-                      ("agreements", agreements), ("mask_probabilities", mask_probabilities))  # fmt: skip
+                      ("agreements", agreements), ("mask_probabilities", mask_probabilities),
+                      ("probabilities", probabilities))  # fmt: skip
         for name, values in per_sample:
             if values is not None and len(values) != B:
                 raise ValueError(f"{name} must have one entry per sample (B={B}), got {len(values)}")
@@ -122,7 +126,8 @@ class SegmentationReport:
             for name, value in ((f"agreements[{i}]", agreement), (f"mask_probabilities[{i}]", mask_probability)):
                 if value is not None and not 0.0 <= value <= 1.0:
                     raise ValueError(f"{name} must be in [0, 1], got {value}")
-            true_lesions, pred_lesions = match_lesions(pred_np[i, 0], target_np[i, 0], iou_threshold=self.lesion_iou)
+            true_lesions, pred_lesions = match_lesions(pred_np[i, 0], target_np[i, 0], iou_threshold=self.lesion_iou,
+                                                       probability=None if probabilities is None else probabilities[i])
             hd95, nsd = boundary_metrics(pred_np[i, 0], target_np[i, 0], spacing=spacing, tolerance=self.nsd_tolerance)
             # fractions in float64 from exact pixel counts (float32 sums are exact up to 2**24 pixels)
             area = float(t_px / (H * W) if area_fractions is None else area_fractions[i])
@@ -160,7 +165,8 @@ class SegmentationReport:
         - ``"iou"``: mean IoU over all samples
         - ``"lesion_detection"``: ``connectivity`` (8), ``match``, ``n_images``, ``n_true``, ``n_detected``,
           ``sensitivity``, ``n_pred``, ``n_false_positive``, ``precision``, ``fp_per_image``, and the same
-          counts ``"by_size"`` (see :func:`summarize_lesions`)
+          counts ``"by_size"``, and ``"froc"`` where ``update`` was given the probabilities (see
+          :func:`summarize_lesions`)
         - ``"boundary"``: ``unit`` ("px" or "mm"), ``nsd_tolerance``, ``hd95`` (mean), ``hd95_median``,
           ``hd95_std``, ``n_hd95``, ``n_hd95_missing``, ``hd95_missing`` (by reason), ``nsd``, ``nsd_std``,
           ``n_nsd``, ``n_nsd_missing``, and the same ``"by_size"``
@@ -194,6 +200,11 @@ def _lesion_table(det: dict[str, Any]) -> list[str]:
         )
     lines += ["", f"{det['n_images']} images. Sensitivity by the true lesion's size; false positives and precision "
                   "by the predicted lesion's size."]  # fmt: skip
+    roc = det.get("froc")
+    if roc:
+        points = ", ".join(f"{s:.3f} at {r:g}" for r, s in zip(roc["fp_rates"], roc["sensitivity"]))
+        lines += ["", f"FROC (predicted lesions kept by their highest probability): sensitivity {points} false positives "
+                      f"per image; CPM (their mean) {roc['cpm']:.3f}."]
     return lines
 
 
