@@ -23,6 +23,7 @@ def test_predict_writes_a_mask_of_the_input_size_and_an_overlay(run_dir, tmp_pat
     assert (tmp_path / "out" / "mask_overlay.png").is_file()
     found = json.loads((tmp_path / "out" / "mask_lesions.json").read_text())
     assert sum(x["area_px"] for x in found) == int((mask > 0).sum())
+    assert all(0.5 < x["mean_probability"] <= x["max_probability"] <= 1.0 for x in found)
     # the same seed gives the same mask
     out2 = tmp_path / "out" / "mask2.png"
     main(["predict", "--checkpoint", str(run_dir / "last.ckpt"), "--image", str(image), "--prompt", "nodule", "--out", str(out2)])

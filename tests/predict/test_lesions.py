@@ -31,13 +31,14 @@ def test_lesion_records():
     m[2:4, 2:5] = True  # 6 px
     m[8, 8] = True  # 1 px
     prob = np.where(m, 0.9, 0.1)
-    prob[8, 8] = 0.6
+    prob[8, 8], prob[3, 4] = 0.6, 0.95
     found = lesions(m, probability=prob, spacing=(0.5, 0.7))
     assert [x.area_px for x in found] == [6, 1]
     big = found[0]
     assert big.bbox == (2, 2, 4, 5) and big.centroid == (2.5, 3.0)
-    assert big.area_mm2 == pytest.approx(6 * 0.35) and big.mean_probability == pytest.approx(0.9)
-    assert found[1].mean_probability == pytest.approx(0.6)
+    assert big.area_mm2 == pytest.approx(6 * 0.35) and big.mean_probability == pytest.approx((5 * 0.9 + 0.95) / 6)
+    assert big.max_probability == pytest.approx(0.95)
+    assert found[1].mean_probability == found[1].max_probability == pytest.approx(0.6)
     assert lesions(np.zeros((4, 4), bool)) == []
     with pytest.raises(ValueError, match="probability"):
         lesions(m, probability=prob[:5])

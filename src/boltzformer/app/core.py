@@ -340,7 +340,7 @@ def segment(
 SUMMARY_HEADERS = ["prompt", "existence probability", "agreement of K passes", "lesions", "mask pixels",
                    "% of image", "max probability", "volume"]
 LESION_HEADERS = ["prompt", "lesion", "area (px)", "area (mm²)", "centroid (row, col)", "box (r0, c0, r1, c1)",
-                  "mean probability"]
+                  "mean probability", "max probability"]
 
 
 def summary_rows(results: Sequence[PromptResult]) -> list[list]:
@@ -361,5 +361,6 @@ def lesion_rows(results: Sequence[PromptResult]) -> list[list]:
         for x in r.lesions:
             rows.append([r.prompt, x.label, x.area_px, "-" if x.area_mm2 is None else f"{x.area_mm2:.2f}",
                          f"({x.centroid[0]:.1f}, {x.centroid[1]:.1f})", str(x.bbox),
-                         "-" if x.mean_probability is None else f"{x.mean_probability:.3f}"])
+                         "-" if x.mean_probability is None else f"{x.mean_probability:.3f}",
+                         "-" if x.max_probability is None else f"{x.max_probability:.3f}"])
     return rows

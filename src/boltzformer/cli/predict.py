@@ -153,7 +153,8 @@ def _predict_one_image(args: argparse.Namespace, prompts: list[str], window) -> 
     write_json_atomic(dict(written.record, file=str(args.input), intensity=plan,
                            made_by=made_by(args.checkpoint, config_to_dict(predictor.model.config), settings)), record)
     for x in found[:5]:
-        print(f"  lesion {x.label}: {x.area_px} px at (row {x.centroid[0]:.0f}, col {x.centroid[1]:.0f}), mean probability {x.mean_probability:.2f}")
+        print(f"  lesion {x.label}: {x.area_px} px at (row {x.centroid[0]:.0f}, col {x.centroid[1]:.0f}), "
+              f"mean probability {x.mean_probability:.2f}, highest {x.max_probability:.2f}")
     if len(found) > 5:
         print(f"  ... {len(found) - 5} more in {out.stem}_lesions.json")
     if existence is not None:

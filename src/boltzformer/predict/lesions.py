@@ -19,7 +19,8 @@ __all__ = ["Lesion", "label_components", "lesions"]
 @dataclass
 class Lesion:
     """One connected component. ``centroid`` (row, col) and ``bbox`` (row0, col0, row1, col1,
-    end-exclusive) in pixels; ``area_mm2`` when the pixel spacing is known."""
+    end-exclusive) in pixels; ``area_mm2`` when the pixel spacing is known; ``max_probability``, its
+    highest probability, is the score that ranks lesions in the evaluation's FROC."""
 
     label: int
     area_px: int
@@ -27,6 +28,7 @@ class Lesion:
     centroid: tuple[float, float]
     bbox: tuple[int, int, int, int]
     mean_probability: float | None
+    max_probability: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +70,7 @@ def lesions(
     """The connected components of ``mask`` (H, W) as :class:`Lesion` records, largest first.
 
     Args:
-        probability: (H, W) probabilities, for each lesion's mean probability.
+        probability: (H, W) probabilities, for each lesion's mean and highest probability.
         spacing: (row, col) pixel size in mm, for areas in mm^2.
     """
     if probability is not None and probability.shape != mask.shape:
@@ -86,6 +88,7 @@ def lesions(
                 centroid=(float(rows.mean()), float(cols.mean())),
                 bbox=(int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1),
                 mean_probability=float(probability[rows, cols].mean()) if probability is not None else None,
+                max_probability=float(probability[rows, cols].max()) if probability is not None else None,
             )
         )
     return sorted(out, key=lambda lesion: -lesion.area_px)
