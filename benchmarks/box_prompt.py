@@ -107,11 +107,12 @@ def _crop(image: Tensor, top: int, left: int, side: int) -> Tensor:
     return out
 
 
-def score(dataset, masks_for, *, boxes_from=None) -> dict:
+def score(dataset, masks_for, *, boxes_from=None, lesion_iou: float | None = None) -> dict:
     """Score ``masks_for(item, boxes) -> (H, W) bool`` on every item of ``dataset`` with the evaluator's report.
 
-    ``boxes_from(item)``: the boxes to outline (default: the ground truth's components)."""
-    report = SegmentationReport()
+    ``boxes_from(item)``: the boxes to outline (default: the ground truth's components); ``lesion_iou``: the
+    report's lesion match (None: any overlap)."""
+    report = SegmentationReport(lesion_iou=lesion_iou)
     for i in range(len(dataset)):
         s = dataset[i]
         target = s["mask"][0] >= 0.5
@@ -143,7 +144,7 @@ def model_masks(model, dataset, *, seed: int = 0, window_overlap: float | None =
 
 
 def refine(sam: LiteMedSAM, dataset, masks: list[Tensor], *, outline: str = "crop", min_crop: int = 64,
-           min_area: int = 0) -> dict:
+           min_area: int = 0, lesion_iou: float | None = None) -> dict:
     """"Find, then outline": each component of a model's mask (of at least ``min_area`` pixels) gives a box that
     LiteMedSAM outlines (``outline`` "crop" or "whole"); the union of the outlines replaces the model's mask."""
     by_id = {dataset[i]["id"]: m for i, m in enumerate(masks)}
@@ -159,10 +160,10 @@ def refine(sam: LiteMedSAM, dataset, masks: list[Tensor], *, outline: str = "cro
             return outline_crops(sam, s["image"], boxes, min_crop=min_crop) > 0
         return outline_whole(sam, s["image"], boxes) > 0
 
-    return score(dataset, outline_fn, boxes_from=boxes_from)
+    return score(dataset, outline_fn, boxes_from=boxes_from, lesion_iou=lesion_iou)
 
 
-def score_masks(dataset, masks: list[Tensor]) -> dict:
+def score_masks(dataset, masks: list[Tensor], *, lesion_iou: float | None = None) -> dict:
     """The evaluator's report of ready-made (H, W) boolean masks, one per item."""
     it = iter(masks)
-    return score(dataset, lambda s, boxes: next(it), boxes_from=lambda s: [(0, 0, 0, 0)])
+    return score(dataset, lambda s, boxes: next(it), boxes_from=lambda s: [(0, 0, 0, 0)], lesion_iou=lesion_iou)

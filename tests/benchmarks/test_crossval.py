@@ -20,8 +20,8 @@ def cv():
 
 
 def _args(tmp_path: Path) -> argparse.Namespace:
-    return argparse.Namespace(steps=40, batch_size=4, lr=1e-3, seed=3, overlap=0.0, negatives=0.25, weights=None, target_fraction=0.8,
-                              runs=tmp_path, cache=tmp_path / "cache")
+    return argparse.Namespace(steps=40, batch_size=4, lr=1e-3, seed=3, overlap=0.0, negatives=0.25, weights=None,
+                              target_fraction=0.8, lesion_iou=0.1, runs=tmp_path, cache=tmp_path / "cache")
 
 
 def test_the_peer_trains_as_tiny_does_with_its_datasets_kind(cv, tmp_path):
@@ -54,7 +54,7 @@ def _report(dice: float) -> dict:
             "cpm": 0.357, "score": "highest probability of each predicted lesion"}
     return {"n": 2, "dice": dice, "dice_by_size": {"tiny": dice, "small": None, "large": None},
             "n_by_size": {"tiny": 2, "small": 0, "large": 0}, "failure_rate": 0.0, "samples": [{"dice": dice}] * 2,
-            "lesion_detection": {"sensitivity": 0.5, "fp_per_image": 1.0, "froc": froc}}
+            "lesion_detection": {"sensitivity": 0.5, "fp_per_image": 1.0, "froc": froc, "match": "IoU > 0.1"}}
 
 
 def test_rescore_tests_a_finished_run_again_and_keeps_its_training_time(cv, tmp_path, monkeypatch):
@@ -67,11 +67,11 @@ def test_rescore_tests_a_finished_run_again_and_keeps_its_training_time(cv, tmp_
     class Test:
         groups = ["p1"]
 
-    reports = iter([_report(0.4)])
+    reports, asked = iter([_report(0.4)]), []
     monkeypatch.setattr(cv, "train_or_reuse", lambda job: (tmp_path / "last.ckpt", None))
     monkeypatch.setattr(cv, "load_checkpoint", lambda path: Dummy())
     monkeypatch.setattr(cv, "FolderDataset", lambda *a, **k: Test())
-    monkeypatch.setattr(cv, "evaluate_model", lambda *a, **k: next(reports))
+    monkeypatch.setattr(cv, "evaluate_model", lambda *a, **k: asked.append(k) or next(reports))
     args = _args(tmp_path)
     args.data, args.rescore = tmp_path, False
     out = tmp_path / "lidc" / "tiny" / "fold0" / "result.json"
@@ -81,5 +81,6 @@ def test_rescore_tests_a_finished_run_again_and_keeps_its_training_time(cv, tmp_
     args.rescore = True
     r = cv.run_fold("lidc", "tiny", 0, args)
     assert (r["dice"], r["train_seconds"], r["froc"]["cpm"]) == (0.4, 123.0, 0.357)
+    assert asked[0]["lesion_iou"] == 0.1 and r["lesion_match"] == "IoU > 0.1"  # the table's lesion match
     assert json.loads(out.read_text())["dice"] == 0.4
     assert cv._froc_at(r, 0.5) == 0.3 and cv._froc_at({"froc": None}, 0.5) is None
