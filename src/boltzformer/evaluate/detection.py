@@ -153,8 +153,11 @@ def froc(true: Sequence[LesionOutcome], found: Sequence[LesionOutcome], n_images
     false_pos = np.array([not x.matched for x in found], dtype=bool)
     true_scores = np.array([-np.inf if x.score is None else x.score for x in true], dtype=np.float64)
     thresholds = np.unique(found_scores)[::-1]  # every operating point, strictest first
-    sens = np.array([0.0] + [(true_scores >= s).mean() for s in thresholds])
-    fp = np.array([0.0] + [(false_pos & (found_scores >= s)).sum() / n_images for s in thresholds])
+    # counts of scores >= each threshold by binary search (a speckled mask has tens of thousands of lesions)
+    fp_scores, t_sorted = np.sort(found_scores[false_pos]), np.sort(true_scores)
+    fp = (len(fp_scores) - np.searchsorted(fp_scores, thresholds, side="left")) / n_images
+    sens = (len(t_sorted) - np.searchsorted(t_sorted, thresholds, side="left")) / len(t_sorted)
+    sens, fp = np.concatenate([[0.0], sens]), np.concatenate([[0.0], fp])
     at = [float(sens[fp <= r].max()) for r in fp_rates]
     return {"fp_rates": [float(r) for r in fp_rates], "sensitivity": at, "cpm": float(np.mean(at)),
             "score": "highest probability of each predicted lesion"}
