@@ -163,7 +163,8 @@ def run_refine_fold(name: str, model_name: str, fold: int, args: argparse.Namesp
     if (name, fold) not in _MASKS:
         _MASKS[(name, fold)] = model_masks(load_checkpoint(ckpt), test, seed=args.seed, window_overlap=args.overlap)
     masks = _MASKS[(name, fold)]
-    base = score_masks(test, masks, lesion_iou=args.lesion_iou)  # the lite model alone, re-scored (no feature cache): the masks refined
+    # the lite model alone, re-scored (no feature cache): the masks refined
+    base = score_masks(test, masks, lesion_iou=args.lesion_iou)
     report = refine(_SAM[args.weights], test, masks, outline=REFINE_MODELS[model_name], min_crop=args.min_crop,
                     min_area=args.refine_min_area, lesion_iou=args.lesion_iou)
     return _result(report, dataset=name, model=model_name, fold=fold, folds=folds, test_groups=test.groups,
@@ -350,7 +351,8 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default: <runs>/feature_cache)")
     p.add_argument("--rescore", action="store_true",
                    help="test every finished fold again (trained runs from their checkpoints, training time kept; "
-                        "the LiteMedSAM rows recomputed) and rewrite its result.json: after a metric was added")
+                        "the LiteMedSAM rows recomputed) and rewrite its result.json, as after a metric was added; "
+                        "folds without a result.json are left alone")
     p.add_argument("--lesion-iou", type=float, default=LESION_IOU,
                    help="a predicted lesion detects a true one when their IoU is above this (0: any overlap)")
     p.add_argument("--summarise-only", action="store_true",
@@ -398,10 +400,8 @@ def main() -> None:
                 if only is not None and k not in only:
                     continue
                 t0 = time.perf_counter()
-                if args.summarise_only:
-                    done = args.runs / d / m / f"fold{k}" / "result.json"
-                    if not done.exists():
-                        continue
+                if (args.summarise_only or args.rescore) and not (args.runs / d / m / f"fold{k}" / "result.json").exists():
+                    continue  # neither tabulates nor re-tests a fold that never finished (nor trains it)
                 r = run_fold(d, m, k, args)
                 results.append(r)
                 print(f"{d} {m} fold {k}: Dice {r['dice']:.3f}, tiny {r['dice_by_size']['tiny']}, sensitivity "

@@ -84,3 +84,46 @@ def test_rescore_tests_a_finished_run_again_and_keeps_its_training_time(cv, tmp_
     assert asked[0]["lesion_iou"] == 0.1 and r["lesion_match"] == "IoU > 0.1"  # the table's lesion match
     assert json.loads(out.read_text())["dice"] == 0.4
     assert cv._froc_at(r, 0.5) == 0.3 and cv._froc_at({"froc": None}, 0.5) is None
+
+
+def _main(cv, monkeypatch, tmp_path, *argv):
+    data = tmp_path / "data"
+    (data / cv.DATASETS["lidc"][0]).mkdir(parents=True, exist_ok=True)
+    (data / cv.DATASETS["lidc"][0] / "meta.json").write_text("{}")
+    monkeypatch.setattr("sys.argv", ["crossval.py", "--datasets", "lidc", "--models", "tiny", "--data", str(data),
+                                     "--runs", str(tmp_path / "runs"), "--md", str(tmp_path / "t.md"),
+                                     "--json", str(tmp_path / "t.json"), *argv])
+    cv.main()
+
+
+def test_rescore_retests_only_the_folds_that_finished(cv, tmp_path, monkeypatch):
+    """--rescore must not train a fold that never finished (it only re-tests what is there)."""
+    done = tmp_path / "runs" / "lidc" / "tiny" / "fold2" / "result.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    called = []
+
+    def fake_run_fold(name, model_name, fold, args):
+        called.append((name, model_name, fold, args.rescore))
+        return {"dataset": name, "model": model_name, "fold": fold, "folds": 4, "dice": 0.5,
+                "dice_by_size": {s: None for s in cv.SIZES}, "sensitivity": 0.5, "fp_per_image": 1.0,
+                "per_image_dice": [0.5], "train_seconds": 1.0, "froc": None}
+
+    monkeypatch.setattr(cv, "run_fold", fake_run_fold)
+    _main(cv, monkeypatch, tmp_path, "--rescore")
+    assert called == [("lidc", "tiny", 2, True)]
+    called.clear()
+    _main(cv, monkeypatch, tmp_path)  # without it, every fold runs (and trains where it must)
+    assert [c[2] for c in called] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--lesion-iou", "1.5"], "--lesion-iou must be in [0, 1)"),
+    (["--rescore", "--summarise-only"], "--rescore tests the runs again"),
+    (["--target-fraction", "-0.1"], "--target-fraction must be in [0, 1]"),
+])
+def test_bad_arguments_are_one_error_before_any_work(cv, tmp_path, monkeypatch, capsys, argv, needle):
+    with pytest.raises(SystemExit) as exc:
+        _main(cv, monkeypatch, tmp_path, *argv)
+    assert exc.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "t.md").exists()

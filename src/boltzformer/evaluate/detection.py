@@ -76,7 +76,9 @@ def match_lesions(
         raise ValueError(f"pred and target must have the same shape, got {pred.shape} and {target.shape}")
     _check_iou_threshold(iou_threshold)
     if probability is not None:
-        probability = np.asarray(probability.detach().cpu() if hasattr(probability, "detach") else probability, dtype=np.float64)
+        if hasattr(probability, "detach"):  # a torch tensor
+            probability = probability.detach().cpu().numpy()
+        probability = np.asarray(probability, dtype=np.float64)
         if probability.shape != pred.shape:
             raise ValueError(f"probability must have the masks' shape {pred.shape}, got {probability.shape}")
         if probability.size and not (0.0 <= probability.min() and probability.max() <= 1.0):

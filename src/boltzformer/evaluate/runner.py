@@ -138,7 +138,7 @@ def evaluate_model(
                 spacings=[s.get("spacing")],
                 agreements=[agreement],
                 mask_probabilities=[float(mean[pred].mean()) if pred.any() else None],
-                probabilities=[mean.clamp(0.0, 1.0)],
+                probabilities=[mean.clamp(0.0, 1.0)],  # a mean of K sigmoids may pass 1 by a rounding step
             )
         if bar is not None:
             bar.update(len(items))

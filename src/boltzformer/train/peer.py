@@ -2,9 +2,10 @@
 
 This is how nnU-Net-style per-class experts solve a promptable benchmark whose prompts name a fixed
 set of kinds (the synthetic benchmark's :data:`~boltzformer.data.synthetic.KINDS`, or a real set's
-target, "nodule" or "polyp", which a prompt names by that word): the network predicts every kind at once and the prompt only picks the channel. It has no text encoder, so it
-cannot follow a prompt outside those kinds; it is the baseline that BoltzFormer must beat on the
-same data, steps, batch, augmentation and loss.
+target, "nodule" or "polyp", which a prompt names by that word): the network predicts every kind at
+once and the prompt only picks the channel. It has no text encoder, so it cannot follow a prompt
+outside those kinds; it is the baseline that BoltzFormer must beat on the same data, steps, batch,
+augmentation and loss.
 
 :class:`PromptedPeer` has the BoltzFormer's inference interface (``config.image_size``, ``device``,
 ``encode_image``, ``decode``), so :func:`boltzformer.evaluate.evaluate_model` scores it unchanged,
